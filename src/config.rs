@@ -49,6 +49,8 @@ pub struct ChannelConfig {
     pub auto_switch_to_preferred: bool,
     /// Upper bound of the channel's bitrate; sizes the merge buffer (window × bitrate).
     pub max_bitrate_bps: u64,
+    /// A leg silent this long is lost: gaps stop waiting for it (leg_timeout_ms).
+    pub leg_timeout: Duration,
     pub sources: Vec<SourceConfig>,
     pub outputs: Vec<OutputConfig>,
 }

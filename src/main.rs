@@ -1,1 +1,139 @@
-fn main() {}
+//! `hitless` command line: thin wrapper that loads configuration and starts the runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hitless::config::Config;
+use hitless::tools;
+
+#[derive(Parser)]
+#[command(name = "hitless", version, about = "Hitless stream-merge gateway for MPEG-TS over UDP/RTP (SMPTE ST 2022-7)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (on the embedded default configuration when --config is not given).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file: exit 0 when valid, else print every error.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Send a TS file to one or more legs, paced, with seeded impairments.
+    Send(tools::send::SendArgs),
+    /// Capture a stream's TS payload to a file and report what arrived.
+    Recv(tools::recv::RecvArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let res = match cli.command {
+        Cmd::Run { config } => run(config),
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Send(a) => tools::send::run(a),
+        Cmd::Recv(a) => tools::recv::run(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    println!(
+        "{}: valid ({} channel{})",
+        file.display(),
+        cfg.channels.len(),
+        if cfg.channels.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = match &config {
+        Some(p) => Config::load(p)?,
+        None => {
+            tracing::info!("no --config given: running the embedded default configuration");
+            Config::from_str(hitless::config::DEFAULT_CONFIG, None)?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("hitless")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let prometheus = hitless::metrics::install();
+    let gateway = hitless::runtime::Gateway::start(&cfg)?;
+    let listener = hitless::http::bind(cfg.node.http_listen)
+        .await
+        .with_context(|| format!("binding node.http_listen {}", cfg.node.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let state = Arc::new(hitless::http::AppState { node: cfg.node.name.clone(), gateway, prometheus });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(hitless::http::serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    // Tests and scripts wait for this exact line.
+    tracing::info!(node = %cfg.node.name, http = %http_addr, channels = cfg.channels.len(), "hitless ready");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    let _ = http.await;
+    let state = Arc::try_unwrap(state).map_err(|_| anyhow::anyhow!("HTTP state still in use at shutdown"))?;
+    for s in state.gateway.shutdown().await {
+        tracing::info!(
+            channel = %s.name,
+            output_packets = s.output.packets,
+            unrecovered = s.merge.unrecovered,
+            duplicates = s.merge.duplicates,
+            "final counters"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

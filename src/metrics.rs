@@ -1,1 +1,97 @@
-//! TODO
+//! Turns channel snapshots into Prometheus metrics. The pure code counts in plain `Stats`
+//! fields; this module is the only place that knows metric names. Labels are bounded:
+//! channel, source, reason — never a sequence number or an address.
+//!
+//! Metrics are written from a fresh snapshot of every channel at scrape time, so a scrape
+//! always reads the same numbers as `GET /api/v1/channels`.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::runtime::ChannelSnapshot;
+
+pub const SOURCE_PACKETS: &str = "hitless_source_packets_total";
+pub const SOURCE_BYTES: &str = "hitless_source_bytes_total";
+pub const SOURCE_DROPPED: &str = "hitless_source_dropped_packets_total";
+pub const SOURCE_UP: &str = "hitless_source_up";
+pub const MERGE_RECOVERED: &str = "hitless_merge_recovered_packets_total";
+pub const MERGE_UNRECOVERED: &str = "hitless_merge_unrecovered_packets_total";
+pub const MERGE_DUPLICATES: &str = "hitless_merge_duplicate_packets_total";
+pub const MERGE_LATE: &str = "hitless_merge_late_packets_total";
+pub const MERGE_RESYNCS: &str = "hitless_merge_resyncs_total";
+pub const MERGE_OVERFLOW: &str = "hitless_merge_overflow_packets_total";
+pub const MERGE_PATH_DIFF: &str = "hitless_merge_path_differential_seconds";
+pub const OUTPUT_PACKETS: &str = "hitless_output_packets_total";
+pub const OUTPUT_BYTES: &str = "hitless_output_bytes_total";
+pub const OUTPUT_ERRORS: &str = "hitless_output_send_errors_total";
+pub const ACTIVE_SOURCE: &str = "hitless_channel_active_source";
+pub const FAILOVERS: &str = "hitless_failovers_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the global Prometheus recorder once per process and return its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // A second recorder can only exist if an embedding program installed its own;
+            // then we still render ours from the handle.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(SOURCE_PACKETS, "Valid datagrams received per source.");
+    describe_counter!(SOURCE_BYTES, "Bytes of valid datagrams received per source (UDP payload).");
+    describe_counter!(SOURCE_DROPPED, "Datagrams dropped at ingest, by reason.");
+    describe_gauge!(SOURCE_UP, "1 while the source delivers packets, 0 once it has been silent for leg_timeout_ms.");
+    describe_counter!(MERGE_RECOVERED, "Packets this source delivered that no other leg delivered in time.");
+    describe_counter!(MERGE_UNRECOVERED, "Packets missing on every leg when the merge window expired.");
+    describe_counter!(MERGE_DUPLICATES, "Redundant copies dropped by the merger.");
+    describe_counter!(MERGE_LATE, "Packets that arrived after their sequence number had been released.");
+    describe_counter!(MERGE_RESYNCS, "Times the merger re-anchored (sender restart, SSRC change, jump).");
+    describe_counter!(MERGE_OVERFLOW, "Packets given up because the merge buffer bound was reached.");
+    describe_gauge!(MERGE_PATH_DIFF, "How far this source trails the earliest source, in seconds.");
+    describe_counter!(OUTPUT_PACKETS, "Datagrams sent per channel (summed over outputs).");
+    describe_counter!(OUTPUT_BYTES, "Bytes sent per channel (summed over outputs).");
+    describe_counter!(OUTPUT_ERRORS, "Datagrams the kernel refused to send.");
+    describe_gauge!(ACTIVE_SOURCE, "1 for each source currently feeding the channel's output.");
+    describe_counter!(FAILOVERS, "Times the channel lost or changed a source, by reason.");
+}
+
+/// Write one channel's snapshot into the recorder.
+pub fn publish(s: &ChannelSnapshot) {
+    let ch = s.name.clone();
+    for src in &s.sources {
+        let l = [("channel", ch.clone()), ("source", src.name.clone())];
+        counter!(SOURCE_PACKETS, &l).absolute(src.packets);
+        counter!(SOURCE_BYTES, &l).absolute(src.bytes);
+        counter!(MERGE_RECOVERED, &l).absolute(src.recovered);
+        gauge!(MERGE_PATH_DIFF, &l).set(src.path_differential_ms / 1000.0);
+        gauge!(SOURCE_UP, &l).set(if src.up { 1.0 } else { 0.0 });
+        gauge!(ACTIVE_SOURCE, &l).set(if src.active { 1.0 } else { 0.0 });
+        for (reason, n) in &src.dropped {
+            let l = [("channel", ch.clone()), ("source", src.name.clone()), ("reason", (*reason).to_owned())];
+            counter!(SOURCE_DROPPED, &l).absolute(*n);
+        }
+    }
+    let l = [("channel", ch.clone())];
+    counter!(MERGE_UNRECOVERED, &l).absolute(s.merge.unrecovered);
+    counter!(MERGE_DUPLICATES, &l).absolute(s.merge.duplicates);
+    counter!(MERGE_LATE, &l).absolute(s.merge.late);
+    counter!(MERGE_RESYNCS, &l).absolute(s.merge.resyncs);
+    counter!(MERGE_OVERFLOW, &l).absolute(s.merge.overflow);
+    counter!(OUTPUT_PACKETS, &l).absolute(s.output.packets);
+    counter!(OUTPUT_BYTES, &l).absolute(s.output.bytes);
+    counter!(OUTPUT_ERRORS, &l).absolute(s.output.errors);
+    for (reason, n) in &s.failovers {
+        let l = [("channel", ch.clone()), ("reason", (*reason).to_owned())];
+        counter!(FAILOVERS, &l).absolute(*n);
+    }
+}
