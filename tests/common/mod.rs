@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests: start the real `hitless` binary, wait for its
+//! "ready" line (an event, not a sleep), talk HTTP to it, and stop it with SIGTERM.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hitless")
+}
+
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+}
+
+/// A running gateway; killed on drop if the test did not stop it.
+pub struct Gateway {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Start `hitless run` with `args` and wait until it logs "hitless ready".
+    pub fn start(args: &[&str], http: SocketAddr) -> Gateway {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("HITLESS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hitless");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The bound is a failure guard, not a wait: the line normally comes in milliseconds.
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("hitless ready") => break,
+                Ok(line) => eprintln!("gateway: {line}"),
+                Err(e) => panic!("gateway did not become ready: {e}"),
+            }
+        }
+        Gateway { child, http, log: rx }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+    }
+
+    pub fn channels(&self) -> serde_json::Value {
+        let (code, body) = self.get("/api/v1/channels");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("channels JSON")
+    }
+
+    /// SIGTERM and wait: the gateway must exit cleanly (status 0).
+    pub fn stop(mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY-free: sending a signal to our own child by PID.
+        let rc = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        assert!(rc.success());
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "gateway exited with {status}");
+        for line in self.log.try_iter() {
+            eprintln!("gateway: {line}");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read http");
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (code, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..];
+        s = s.strip_prefix("\r\n").unwrap_or(s);
+    }
+    out
+}
+
+/// A UDP capture socket with a large receive buffer, bound before the sender starts.
+pub fn capture_socket(addr: SocketAddr) -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_recv_buffer_size(16 << 20).unwrap();
+    s.bind(&addr.into()).expect("bind capture");
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Receive exactly `n` datagrams (fails the test if the stream stops short).
+pub fn capture(s: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(n);
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        match s.recv(&mut buf) {
+            Ok(len) => out.push(buf[..len].to_vec()),
+            Err(e) => panic!("capture stopped after {} of {n} datagrams: {e}", out.len()),
+        }
+    }
+    out
+}
+
+/// Run `hitless send` to completion and return its JSON report.
+pub fn send(args: &[&str], report: &Path) -> serde_json::Value {
+    let out = Command::new(bin())
+        .arg("send")
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run hitless send");
+    assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(report).expect("read report")).expect("report JSON")
+}
