@@ -33,6 +33,8 @@ enum Cmd {
     Send(tools::send::SendArgs),
     /// Capture a stream's TS payload to a file and report what arrived.
     Recv(tools::recv::RecvArgs),
+    /// A first look: run the default gateway, feed it two impaired legs, show the result.
+    Demo(tools::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Send(a) => tools::send::run(a),
         Cmd::Recv(a) => tools::recv::run(a),
+        Cmd::Demo(a) => tools::demo::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Operator tools behind the CLI: `send` (paced, impaired test sender), `recv` (capture and
 //! check). They are how engineers test a failover set-up and how our tests drive the gateway.
 
+pub mod demo;
 pub mod recv;
 pub mod send;
