@@ -39,7 +39,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -54,7 +56,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     for s in st.gateway.snapshots().await {
         crate::metrics::publish(&s);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.prometheus.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.prometheus.render(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -66,15 +72,24 @@ struct Health {
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let stopped: Vec<String> =
-        st.gateway.channels.iter().filter(|c| !c.is_running()).map(|c| c.name.clone()).collect();
+    let stopped: Vec<String> = st
+        .gateway
+        .channels
+        .iter()
+        .filter(|c| !c.is_running())
+        .map(|c| c.name.clone())
+        .collect();
     let h = Health {
         status: if stopped.is_empty() { "ok" } else { "degraded" },
         node: st.node.clone(),
         channels_running: st.gateway.channels.len() - stopped.len(),
         channels_stopped: stopped,
     };
-    let code = if h.channels_stopped.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if h.channels_stopped.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(h)).into_response()
 }
 
@@ -86,8 +101,16 @@ async fn channel(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> R
     match st.gateway.channels.iter().find(|c| c.name == name) {
         Some(c) => match c.snapshot().await {
             Some(s) => Json(s).into_response(),
-            None => (StatusCode::SERVICE_UNAVAILABLE, format!("channel {name:?} is not running\n")).into_response(),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("channel {name:?} is not running\n"),
+            )
+                .into_response(),
         },
-        None => (StatusCode::NOT_FOUND, format!("no channel named {name:?}\n")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no channel named {name:?}\n"),
+        )
+            .into_response(),
     }
 }

@@ -70,7 +70,10 @@ pub struct IngestStats {
 
 impl IngestStats {
     pub fn dropped_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        DropReason::ALL.iter().zip(self.dropped.iter()).map(|(r, n)| (r.label(), *n))
+        DropReason::ALL
+            .iter()
+            .zip(self.dropped.iter())
+            .map(|(r, n)| (r.label(), *n))
     }
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().sum()
@@ -104,11 +107,12 @@ impl Leg {
             what: "getsockname",
             source,
         })?;
-        let socket = tokio::net::UdpSocket::from_std(rs.socket).map_err(|source| NetError::Option {
-            url: cfg.url.to_string(),
-            what: "register with tokio",
-            source,
-        })?;
+        let socket =
+            tokio::net::UdpSocket::from_std(rs.socket).map_err(|source| NetError::Option {
+                url: cfg.url.to_string(),
+                what: "register with tokio",
+                source,
+            })?;
         Ok(Opened {
             leg: Leg {
                 socket,
@@ -130,7 +134,9 @@ impl Leg {
     pub fn read_rtp_batch(&mut self, mut sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
         self.batch.clear();
         let (pool, batch) = (&mut self.pool, &mut self.batch);
-        let n = self.socket.try_io(tokio::io::Interest::READABLE, || mmsg::recv_batch(&self.socket, pool, batch))?;
+        let n = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            mmsg::recv_batch(&self.socket, pool, batch)
+        })?;
         for d in self.batch.drain(..) {
             match validate_rtp(&d, self.scheme, self.sender) {
                 Ok(p) => {
@@ -146,7 +152,11 @@ impl Leg {
 }
 
 /// Validate one datagram for an RTP channel.
-pub fn validate_rtp(d: &Datagram, scheme: Scheme, sender: Option<std::net::IpAddr>) -> Result<RtpPacket, DropReason> {
+pub fn validate_rtp(
+    d: &Datagram,
+    scheme: Scheme,
+    sender: Option<std::net::IpAddr>,
+) -> Result<RtpPacket, DropReason> {
     if sender.is_some_and(|s| s != d.from.ip()) {
         return Err(DropReason::WrongSender);
     }
@@ -167,7 +177,11 @@ mod tests {
     use bytes::Bytes;
 
     fn dgram(data: Vec<u8>, from: &str) -> Datagram {
-        Datagram { data: Bytes::from(data), from: from.parse().unwrap(), truncated: false }
+        Datagram {
+            data: Bytes::from(data),
+            from: from.parse().unwrap(),
+            truncated: false,
+        }
     }
 
     #[test]
@@ -176,13 +190,43 @@ mod tests {
         let ok = validate_rtp(&dgram(good.clone(), "10.0.0.1:1"), Scheme::Rtp, None);
         assert!(ok.is_ok());
         let src = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(validate_rtp(&dgram(good.clone(), "10.0.0.1:1"), Scheme::Rtp, src).unwrap_err(), DropReason::WrongSender);
+        assert_eq!(
+            validate_rtp(&dgram(good.clone(), "10.0.0.1:1"), Scheme::Rtp, src).unwrap_err(),
+            DropReason::WrongSender
+        );
         let mut bad_sync = good.clone();
         bad_sync[12 + 188] = 0;
-        assert_eq!(validate_rtp(&dgram(bad_sync, "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(), DropReason::Ts(TsError::BadSync));
+        assert_eq!(
+            validate_rtp(&dgram(bad_sync, "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(),
+            DropReason::Ts(TsError::BadSync)
+        );
         let short = good[..12 + 100].to_vec();
-        assert_eq!(validate_rtp(&dgram(short, "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(), DropReason::Ts(TsError::BadLength));
-        assert_eq!(validate_rtp(&dgram(vec![0x80, 1], "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(), DropReason::Rtp(RtpError::Truncated));
+        assert_eq!(
+            validate_rtp(&dgram(short, "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(),
+            DropReason::Ts(TsError::BadLength)
+        );
+        assert_eq!(
+            validate_rtp(&dgram(vec![0x80, 1], "10.0.0.1:1"), Scheme::Rtp, None).unwrap_err(),
+            DropReason::Rtp(RtpError::Truncated)
+        );
+    }
+
+    proptest::proptest! {
+        /// Network input never panics: any bytes are either a valid RTP/TS datagram or a
+        /// counted drop reason.
+        #[test]
+        fn arbitrary_datagrams_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..1600)) {
+            let _ = validate_rtp(&dgram(data, "10.0.0.1:1"), Scheme::Rtp, None);
+        }
+
+        /// A valid RTP/TS datagram with any one byte of its header corrupted either still
+        /// validates or is dropped with a reason: never a panic.
+        #[test]
+        fn corrupted_headers_are_classified(pos in 0usize..16, val in proptest::num::u8::ANY) {
+            let mut v = crate::rtp::tests::rtp(9, 9, 1316).to_vec();
+            v[pos] = val;
+            let _ = validate_rtp(&dgram(v, "10.0.0.1:1"), Scheme::Rtp, None);
+        }
     }
 
     #[test]

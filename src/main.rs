@@ -10,7 +10,11 @@ use hitless::config::Config;
 use hitless::tools;
 
 #[derive(Parser)]
-#[command(name = "hitless", version, about = "Hitless stream-merge gateway for MPEG-TS over UDP/RTP (SMPTE ST 2022-7)")]
+#[command(
+    name = "hitless",
+    version,
+    about = "Hitless stream-merge gateway for MPEG-TS over UDP/RTP (SMPTE ST 2022-7)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -59,7 +63,10 @@ fn main() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
@@ -97,7 +104,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding node.http_listen {}", cfg.node.http_listen))?;
     let http_addr = listener.local_addr()?;
-    let state = Arc::new(hitless::http::AppState { node: cfg.node.name.clone(), gateway, prometheus });
+    let state = Arc::new(hitless::http::AppState {
+        node: cfg.node.name.clone(),
+        gateway,
+        prometheus,
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(hitless::http::serve(listener, state.clone(), async {
         let _ = stop_rx.await;
@@ -108,7 +119,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     let _ = http.await;
-    let state = Arc::try_unwrap(state).map_err(|_| anyhow::anyhow!("HTTP state still in use at shutdown"))?;
+    let state = Arc::try_unwrap(state)
+        .map_err(|_| anyhow::anyhow!("HTTP state still in use at shutdown"))?;
     for s in state.gateway.shutdown().await {
         tracing::info!(
             channel = %s.name,
@@ -125,13 +137,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

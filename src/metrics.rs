@@ -48,21 +48,57 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_counter!(SOURCE_PACKETS, "Valid datagrams received per source.");
-    describe_counter!(SOURCE_BYTES, "Bytes of valid datagrams received per source (UDP payload).");
+    describe_counter!(
+        SOURCE_BYTES,
+        "Bytes of valid datagrams received per source (UDP payload)."
+    );
     describe_counter!(SOURCE_DROPPED, "Datagrams dropped at ingest, by reason.");
-    describe_gauge!(SOURCE_UP, "1 while the source delivers packets, 0 once it has been silent for leg_timeout_ms.");
-    describe_counter!(MERGE_RECOVERED, "Packets this source delivered that no other leg delivered in time.");
-    describe_counter!(MERGE_UNRECOVERED, "Packets missing on every leg when the merge window expired.");
+    describe_gauge!(
+        SOURCE_UP,
+        "1 while the source delivers packets, 0 once it has been silent for leg_timeout_ms."
+    );
+    describe_counter!(
+        MERGE_RECOVERED,
+        "Packets this source delivered that no other leg delivered in time."
+    );
+    describe_counter!(
+        MERGE_UNRECOVERED,
+        "Packets missing on every leg when the merge window expired."
+    );
     describe_counter!(MERGE_DUPLICATES, "Redundant copies dropped by the merger.");
-    describe_counter!(MERGE_LATE, "Packets that arrived after their sequence number had been released.");
-    describe_counter!(MERGE_RESYNCS, "Times the merger re-anchored (sender restart, SSRC change, jump).");
-    describe_counter!(MERGE_OVERFLOW, "Packets given up because the merge buffer bound was reached.");
-    describe_gauge!(MERGE_PATH_DIFF, "How far this source trails the earliest source, in seconds.");
-    describe_counter!(OUTPUT_PACKETS, "Datagrams sent per channel (summed over outputs).");
-    describe_counter!(OUTPUT_BYTES, "Bytes sent per channel (summed over outputs).");
+    describe_counter!(
+        MERGE_LATE,
+        "Packets that arrived after their sequence number had been released."
+    );
+    describe_counter!(
+        MERGE_RESYNCS,
+        "Times the merger re-anchored (sender restart, SSRC change, jump)."
+    );
+    describe_counter!(
+        MERGE_OVERFLOW,
+        "Packets given up because the merge buffer bound was reached."
+    );
+    describe_gauge!(
+        MERGE_PATH_DIFF,
+        "How far this source trails the earliest source, in seconds."
+    );
+    describe_counter!(
+        OUTPUT_PACKETS,
+        "Datagrams sent per channel (summed over outputs)."
+    );
+    describe_counter!(
+        OUTPUT_BYTES,
+        "Bytes sent per channel (summed over outputs)."
+    );
     describe_counter!(OUTPUT_ERRORS, "Datagrams the kernel refused to send.");
-    describe_gauge!(ACTIVE_SOURCE, "1 for each source currently feeding the channel's output.");
-    describe_counter!(FAILOVERS, "Times the channel lost or changed a source, by reason.");
+    describe_gauge!(
+        ACTIVE_SOURCE,
+        "1 for each source currently feeding the channel's output."
+    );
+    describe_counter!(
+        FAILOVERS,
+        "Times the channel lost or changed a source, by reason."
+    );
 }
 
 /// Write one channel's snapshot into the recorder.
@@ -77,7 +113,11 @@ pub fn publish(s: &ChannelSnapshot) {
         gauge!(SOURCE_UP, &l).set(if src.up { 1.0 } else { 0.0 });
         gauge!(ACTIVE_SOURCE, &l).set(if src.active { 1.0 } else { 0.0 });
         for (reason, n) in &src.dropped {
-            let l = [("channel", ch.clone()), ("source", src.name.clone()), ("reason", (*reason).to_owned())];
+            let l = [
+                ("channel", ch.clone()),
+                ("source", src.name.clone()),
+                ("reason", (*reason).to_owned()),
+            ];
             counter!(SOURCE_DROPPED, &l).absolute(*n);
         }
     }

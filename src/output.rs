@@ -63,10 +63,13 @@ impl Output {
         }));
         let mut done = 0;
         while done < pkts.len() {
-            let views = SliceViews { pkts: &pkts[done..], ranges: &self.slices[done..] };
-            let res = self
-                .socket
-                .try_io(tokio::io::Interest::WRITABLE, || mmsg::send_batch(&self.socket, &self.dest, &views.collect()));
+            let views = SliceViews {
+                pkts: &pkts[done..],
+                ranges: &self.slices[done..],
+            };
+            let res = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+                mmsg::send_batch(&self.socket, &self.dest, &views.collect())
+            });
             match res {
                 Ok(n) => {
                     for p in &pkts[done..done + n] {

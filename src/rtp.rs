@@ -170,30 +170,51 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_malformed_headers_by_reason() {
-        assert_eq!(RtpPacket::try_new(Bytes::from_static(&[0x80; 5])), Err(RtpError::Truncated));
+        assert_eq!(
+            RtpPacket::try_new(Bytes::from_static(&[0x80; 5])),
+            Err(RtpError::Truncated)
+        );
         let mut v = rtp(1, 1, 188).to_vec();
         v[0] = 0x40; // version 1
-        assert_eq!(RtpPacket::try_new(Bytes::from(v)), Err(RtpError::BadVersion));
+        assert_eq!(
+            RtpPacket::try_new(Bytes::from(v)),
+            Err(RtpError::BadVersion)
+        );
         let mut v = rtp(1, 1, 4).to_vec();
         v[0] = 0x8f; // 15 CSRCs, 60 bytes, only 4 available
-        assert_eq!(RtpPacket::try_new(Bytes::from(v)), Err(RtpError::HeadersTruncated));
+        assert_eq!(
+            RtpPacket::try_new(Bytes::from(v)),
+            Err(RtpError::HeadersTruncated)
+        );
         let mut v = rtp(1, 1, 8).to_vec();
         v[0] = 0x90; // extension bit
         v[14] = 0xff; // extension length 0xff.. words
         v[15] = 0xff;
-        assert_eq!(RtpPacket::try_new(Bytes::from(v)), Err(RtpError::HeadersTruncated));
+        assert_eq!(
+            RtpPacket::try_new(Bytes::from(v)),
+            Err(RtpError::HeadersTruncated)
+        );
         let mut v = rtp(1, 1, 8).to_vec();
         v[0] = 0xa0; // padding bit
         *v.last_mut().unwrap() = 200; // more padding than payload
-        assert_eq!(RtpPacket::try_new(Bytes::from(v)), Err(RtpError::BadPadding));
+        assert_eq!(
+            RtpPacket::try_new(Bytes::from(v)),
+            Err(RtpError::BadPadding)
+        );
     }
 
     #[test]
     fn extension_is_wrap_safe() {
         let r = ExtSeq(65_535);
         assert_eq!(ExtSeq::extend(r, SeqNum(0)), ExtSeq(65_536));
-        assert_eq!(ExtSeq::extend(ExtSeq(65_536), SeqNum(65_535)), ExtSeq(65_535));
+        assert_eq!(
+            ExtSeq::extend(ExtSeq(65_536), SeqNum(65_535)),
+            ExtSeq(65_535)
+        );
         assert_eq!(ExtSeq::extend(ExtSeq(3), SeqNum(65_535)), ExtSeq(0));
-        assert_eq!(ExtSeq::extend(ExtSeq(10 * 65_536 + 5), SeqNum(5)), ExtSeq(10 * 65_536 + 5));
+        assert_eq!(
+            ExtSeq::extend(ExtSeq(10 * 65_536 + 5), SeqNum(5)),
+            ExtSeq(10 * 65_536 + 5)
+        );
     }
 }

@@ -133,7 +133,11 @@ impl<'a> TsPacket<'a> {
         if !self.has_payload() {
             return &[];
         }
-        let start = if self.has_adaptation() { 5 + usize::from(self.0[4]) } else { 4 };
+        let start = if self.has_adaptation() {
+            5 + usize::from(self.0[4])
+        } else {
+            4
+        };
         self.0.get(start..).unwrap_or(&[])
     }
     #[inline]
@@ -145,7 +149,9 @@ impl<'a> TsPacket<'a> {
 /// Iterate over the TS packets of a validated payload.
 #[inline]
 pub fn packets(payload: &[u8]) -> impl Iterator<Item = TsPacket<'_>> {
-    payload.chunks_exact(PACKET_LEN).filter_map(TsPacket::try_new)
+    payload
+        .chunks_exact(PACKET_LEN)
+        .filter_map(TsPacket::try_new)
 }
 
 /// Continuity checker per PID (ISO/IEC 13818-1 2.4.3.3): counts lost/out-of-order packets.

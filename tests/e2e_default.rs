@@ -21,13 +21,23 @@ fn default_config_serves_api_and_demo_passes() {
     assert_eq!(ch[0]["sources"][0]["state"], "waiting");
     let (code, metrics) = gw.get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("hitless_output_packets_total{channel=\"default\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("hitless_output_packets_total{channel=\"default\"} 0"),
+        "{metrics}"
+    );
     let (code, _) = gw.get("/api/v1/channels/nope");
     assert_eq!(code, 404);
     gw.stop();
 
-    let out = Command::new(bin()).args(["demo", "--speed", "4"]).output().expect("run demo");
+    let out = Command::new(bin())
+        .args(["demo", "--speed", "4"])
+        .output()
+        .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("verdict: PASS"), "{stdout}");
 }

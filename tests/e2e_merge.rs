@@ -52,23 +52,42 @@ fn file_payloads(name: &str) -> Vec<Vec<u8>> {
 }
 
 fn indices(v: &serde_json::Value) -> BTreeSet<u64> {
-    v.as_array().expect("index list").iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .expect("index list")
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 /// Check the capture against the file: in order, no duplicates, exactly the datagrams
 /// that some leg delivered, each byte-identical (RTP header and payload).
-fn assert_capture_matches(captured: &[Vec<u8>], payloads: &[Vec<u8>], report: &serde_json::Value, lost_all: &BTreeSet<u64>) {
+fn assert_capture_matches(
+    captured: &[Vec<u8>],
+    payloads: &[Vec<u8>],
+    report: &serde_json::Value,
+    lost_all: &BTreeSet<u64>,
+) {
     let first_seq = report["first_seq"].as_u64().unwrap() as u16;
     let ssrc = report["ssrc"].as_u64().unwrap() as u32;
-    let expected: Vec<u64> = (0..payloads.len() as u64).filter(|i| !lost_all.contains(i)).collect();
+    let expected: Vec<u64> = (0..payloads.len() as u64)
+        .filter(|i| !lost_all.contains(i))
+        .collect();
     assert_eq!(captured.len(), expected.len());
     for (got, &i) in captured.iter().zip(&expected) {
         let seq = u16::from_be_bytes([got[2], got[3]]);
-        assert_eq!(seq, first_seq.wrapping_add(i as u16), "datagram {i} out of order or missing");
+        assert_eq!(
+            seq,
+            first_seq.wrapping_add(i as u16),
+            "datagram {i} out of order or missing"
+        );
         assert_eq!(u32::from_be_bytes([got[8], got[9], got[10], got[11]]), ssrc);
         assert_eq!(got[0], 0x80);
         assert_eq!(got[1] & 0x7f, 33);
-        assert_eq!(&got[12..], &payloads[i as usize][..], "payload of datagram {i} differs");
+        assert_eq!(
+            &got[12..],
+            &payloads[i as usize][..],
+            "payload of datagram {i} differs"
+        );
     }
 }
 
@@ -100,29 +119,50 @@ fn merge_recovers_independent_loss_skew_and_outage() {
     let legs = report["legs"].as_array().unwrap();
     let lost_all = indices(&report["lost_on_all_legs"]);
     let (drop_a, drop_b) = (indices(&legs[0]["dropped"]), indices(&legs[1]["dropped"]));
-    assert!(drop_a.len() > 10 && drop_b.len() > 10, "the impairments did not bite");
+    assert!(
+        drop_a.len() > 10 && drop_b.len() > 10,
+        "the impairments did not bite"
+    );
     assert_eq!(lost_all, drop_a.intersection(&drop_b).copied().collect());
-    assert!(!lost_all.is_empty(), "the seed should lose some datagrams on both legs");
+    assert!(
+        !lost_all.is_empty(),
+        "the seed should lose some datagrams on both legs"
+    );
 
     let expected = payloads.len() - lost_all.len();
     let captured = capture(&cap, expected);
     assert_capture_matches(&captured, &payloads, &report, &lost_all);
 
     let ch = &gw.channels()[0];
-    assert_eq!(ch["merge"]["unrecovered"].as_u64().unwrap(), lost_all.len() as u64);
+    assert_eq!(
+        ch["merge"]["unrecovered"].as_u64().unwrap(),
+        lost_all.len() as u64
+    );
     assert_eq!(ch["output"]["packets"].as_u64().unwrap(), expected as u64);
     let n = payloads.len() as u64;
-    assert_eq!(ch["sources"][0]["packets"].as_u64().unwrap(), n - drop_a.len() as u64);
-    assert_eq!(ch["sources"][1]["packets"].as_u64().unwrap(), n - drop_b.len() as u64);
+    assert_eq!(
+        ch["sources"][0]["packets"].as_u64().unwrap(),
+        n - drop_a.len() as u64
+    );
+    assert_eq!(
+        ch["sources"][1]["packets"].as_u64().unwrap(),
+        n - drop_b.len() as u64
+    );
     // Leg b trails by 30 ms; leg a delivered what b lost (and vice versa).
     let diff_b = ch["sources"][1]["path_differential_ms"].as_f64().unwrap();
-    assert!((20.0..45.0).contains(&diff_b), "path differential of b: {diff_b} ms");
+    assert!(
+        (20.0..45.0).contains(&diff_b),
+        "path differential of b: {diff_b} ms"
+    );
     let rec_a = ch["sources"][0]["recovered"].as_u64().unwrap();
     assert_eq!(rec_a, (drop_b.len() - lost_all.len()) as u64);
 
     let (code, metrics) = gw.get("/metrics");
     assert_eq!(code, 200);
-    let line = format!("hitless_merge_unrecovered_packets_total{{channel=\"news\"}} {}", lost_all.len());
+    let line = format!(
+        "hitless_merge_unrecovered_packets_total{{channel=\"news\"}} {}",
+        lost_all.len()
+    );
     assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
     gw.stop();
 }
@@ -201,8 +241,19 @@ fn malformed_burst_changes_nothing_in_the_output() {
     assert_eq!(ch["merge"]["unrecovered"].as_u64().unwrap(), 0);
     for src in ch["sources"].as_array().unwrap() {
         let dropped = &src["dropped"];
-        for reason in ["rtp_truncated", "rtp_bad_version", "rtp_bad_padding", "ts_bad_length", "ts_bad_sync"] {
-            assert_eq!(dropped[reason].as_u64().unwrap(), 100, "{reason} on {}", src["name"]);
+        for reason in [
+            "rtp_truncated",
+            "rtp_bad_version",
+            "rtp_bad_padding",
+            "ts_bad_length",
+            "ts_bad_sync",
+        ] {
+            assert_eq!(
+                dropped[reason].as_u64().unwrap(),
+                100,
+                "{reason} on {}",
+                src["name"]
+            );
         }
         assert_eq!(dropped["rtp_headers_truncated"].as_u64().unwrap(), 200);
         assert_eq!(src["packets"].as_u64().unwrap(), payloads.len() as u64);
@@ -214,15 +265,33 @@ fn malformed_burst_changes_nothing_in_the_output() {
 fn check_config_accepts_valid_and_names_line_of_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(dir.path(), "127.0.1.3", 1000);
-    let out = Command::new(bin()).args(["check-config", good.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(&good).unwrap().replace("merge_window_ms = 1000", "merge_window_ms = 0");
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("merge_window_ms = 1000", "merge_window_ms = 0");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(bin()).args(["check-config", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:9:"), "error does not name file and line: {err}");
-    assert!(err.contains("merge_window_ms"), "error does not name the key: {err}");
+    assert!(
+        err.contains("bad.toml:9:"),
+        "error does not name file and line: {err}"
+    );
+    assert!(
+        err.contains("merge_window_ms"),
+        "error does not name the key: {err}"
+    );
 }

@@ -43,7 +43,9 @@ pub struct SlabPool {
 
 impl Default for SlabPool {
     fn default() -> Self {
-        SlabPool { slab: BytesMut::new() }
+        SlabPool {
+            slab: BytesMut::new(),
+        }
     }
 }
 
@@ -88,7 +90,11 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> SocketAddr {
 
 /// Receive up to [`BATCH`] datagrams with one `recvmmsg(2)` (non-blocking) and append them
 /// to `out`. Returns how many were received; `WouldBlock` when none were waiting.
-pub fn recv_batch(sock: &impl AsRawFd, pool: &mut SlabPool, out: &mut Vec<Datagram>) -> io::Result<usize> {
+pub fn recv_batch(
+    sock: &impl AsRawFd,
+    pool: &mut SlabPool,
+    out: &mut Vec<Datagram>,
+) -> io::Result<usize> {
     pool.ensure_batch();
     let fd: RawFd = sock.as_raw_fd();
     let base = pool.slab.as_mut_ptr();
@@ -108,7 +114,13 @@ pub fn recv_batch(sock: &impl AsRawFd, pool: &mut SlabPool, out: &mut Vec<Datagr
     // SAFETY: hdrs, iovs and addrs live until the call returns; each iovec points at a
     // distinct SLOT-sized slice of the slab, which we hold mutably.
     let n = unsafe {
-        libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
     };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -140,9 +152,16 @@ impl Dest {
         let len = (sa.len() as usize).min(size_of::<libc::sockaddr_storage>());
         // SAFETY: `sa.as_ptr()` points to `sa.len()` valid bytes; the regions do not overlap.
         unsafe {
-            std::ptr::copy_nonoverlapping(sa.as_ptr().cast::<u8>(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), len);
+            std::ptr::copy_nonoverlapping(
+                sa.as_ptr().cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            );
         }
-        Dest { storage, len: len as libc::socklen_t }
+        Dest {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 }
 
@@ -150,7 +169,11 @@ impl Dest {
 /// Returns how many were sent: fewer than `bufs.len()` only when the socket buffer is full
 /// (the caller waits for writability and continues from there). Errors other than
 /// `WouldBlock` are returned only if nothing was sent.
-pub fn send_batch<B: AsRef<[u8]>>(sock: &impl AsRawFd, dest: &Dest, bufs: &[B]) -> io::Result<usize> {
+pub fn send_batch<B: AsRef<[u8]>>(
+    sock: &impl AsRawFd,
+    dest: &Dest,
+    bufs: &[B],
+) -> io::Result<usize> {
     let fd = sock.as_raw_fd();
     let mut sent = 0;
     while sent < bufs.len() {
@@ -164,12 +187,20 @@ pub fn send_batch<B: AsRef<[u8]>>(sock: &impl AsRawFd, dest: &Dest, bufs: &[B]) 
             iovs[i].iov_len = b.len();
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
-            hdrs[i].msg_hdr.msg_name = (&dest.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_name =
+                (&dest.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
             hdrs[i].msg_hdr.msg_namelen = dest.len;
         }
         // SAFETY: the kernel only reads through these pointers (sendmmsg); every buffer,
         // iovec and the destination outlive the call.
-        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                chunk.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if sent > 0 {
@@ -209,7 +240,10 @@ mod tests {
             assert_eq!(d.from, tx.local_addr().unwrap());
             assert!(!d.truncated);
         }
-        assert_eq!(recv_batch(&rx, &mut pool, &mut out).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            recv_batch(&rx, &mut pool, &mut out).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]
@@ -217,7 +251,8 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(&[7u8; SLOT + 10], rx.local_addr().unwrap()).unwrap();
+        tx.send_to(&[7u8; SLOT + 10], rx.local_addr().unwrap())
+            .unwrap();
         let (mut pool, mut out) = (SlabPool::default(), Vec::new());
         recv_batch(&rx, &mut pool, &mut out).unwrap();
         assert!(out[0].truncated);
@@ -241,6 +276,10 @@ mod tests {
             out.clear();
         }
         pool.ensure_batch();
-        assert_eq!(pool.slab.as_ptr(), first, "the slab allocation was not reused");
+        assert_eq!(
+            pool.slab.as_ptr(),
+            first,
+            "the slab allocation was not reused"
+        );
     }
 }

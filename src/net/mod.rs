@@ -23,11 +23,25 @@ pub enum NetError {
     #[error("{url}: cannot create socket: {source}")]
     Socket { url: String, source: io::Error },
     #[error("{url}: cannot bind {addr}: {source} (is another process or source using this port?)")]
-    Bind { url: String, addr: SocketAddr, source: io::Error },
-    #[error("{url}: cannot join multicast group {group}: {source} (check iface= names a local address on the right network)")]
-    Join { url: String, group: IpAddr, source: io::Error },
+    Bind {
+        url: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error(
+        "{url}: cannot join multicast group {group}: {source} (check iface= names a local address on the right network)"
+    )]
+    Join {
+        url: String,
+        group: IpAddr,
+        source: io::Error,
+    },
     #[error("{url}: {what}: {source}")]
-    Option { url: String, what: &'static str, source: io::Error },
+    Option {
+        url: String,
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 /// Open a non-blocking UDP socket that receives what `url` describes.
@@ -43,17 +57,32 @@ pub fn open_recv(url: &StreamUrl, recv_buffer_bytes: usize) -> Result<RecvSocket
     let domain = Domain::for_address(addr);
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
         .map_err(|source| NetError::Socket { url: u(), source })?;
-    let opt = |what: &'static str| move |source| NetError::Option { url: u(), what, source };
+    let opt = |what: &'static str| {
+        move |source| NetError::Option {
+            url: u(),
+            what,
+            source,
+        }
+    };
     sock.set_reuse_address(true).map_err(opt("SO_REUSEADDR"))?;
     if recv_buffer_bytes > 0 {
-        sock.set_recv_buffer_size(recv_buffer_bytes).map_err(opt("SO_RCVBUF"))?;
+        sock.set_recv_buffer_size(recv_buffer_bytes)
+            .map_err(opt("SO_RCVBUF"))?;
     }
     let granted_recv_buffer = sock.recv_buffer_size().map_err(opt("SO_RCVBUF"))?;
     sock.set_nonblocking(true).map_err(opt("O_NONBLOCK"))?;
     sock.bind(&SockAddr::from(addr))
-        .map_err(|source| NetError::Bind { url: u(), addr, source })?;
+        .map_err(|source| NetError::Bind {
+            url: u(),
+            addr,
+            source,
+        })?;
     if addr.ip().is_multicast() {
-        let join_err = |source| NetError::Join { url: u(), group: addr.ip(), source };
+        let join_err = |source| NetError::Join {
+            url: u(),
+            group: addr.ip(),
+            source,
+        };
         match (addr.ip(), url.source) {
             (IpAddr::V4(group), Some(IpAddr::V4(src))) => {
                 let iface = url.iface.unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -68,18 +97,31 @@ pub fn open_recv(url: &StreamUrl, recv_buffer_bytes: usize) -> Result<RecvSocket
             }
         }
     }
-    Ok(RecvSocket { socket: sock.into(), granted_recv_buffer })
+    Ok(RecvSocket {
+        socket: sock.into(),
+        granted_recv_buffer,
+    })
 }
 
 /// Open a non-blocking UDP socket for sending to `url` (TTL and interface for multicast).
-pub fn open_send(url: &StreamUrl, send_buffer_bytes: usize) -> Result<std::net::UdpSocket, NetError> {
+pub fn open_send(
+    url: &StreamUrl,
+    send_buffer_bytes: usize,
+) -> Result<std::net::UdpSocket, NetError> {
     let u = || url.to_string();
-    let opt = |what: &'static str| move |source| NetError::Option { url: u(), what, source };
+    let opt = |what: &'static str| {
+        move |source| NetError::Option {
+            url: u(),
+            what,
+            source,
+        }
+    };
     let domain = Domain::for_address(url.addr);
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
         .map_err(|source| NetError::Socket { url: u(), source })?;
     if send_buffer_bytes > 0 {
-        sock.set_send_buffer_size(send_buffer_bytes).map_err(opt("SO_SNDBUF"))?;
+        sock.set_send_buffer_size(send_buffer_bytes)
+            .map_err(opt("SO_SNDBUF"))?;
     }
     sock.set_nonblocking(true).map_err(opt("O_NONBLOCK"))?;
     let local: SocketAddr = match (url.addr, url.iface) {
@@ -88,13 +130,20 @@ pub fn open_send(url: &StreamUrl, send_buffer_bytes: usize) -> Result<std::net::
         (SocketAddr::V6(_), _) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
     };
     sock.bind(&SockAddr::from(local))
-        .map_err(|source| NetError::Bind { url: u(), addr: local, source })?;
+        .map_err(|source| NetError::Bind {
+            url: u(),
+            addr: local,
+            source,
+        })?;
     if url.is_multicast() && url.addr.is_ipv4() {
-        sock.set_multicast_ttl_v4(url.ttl.unwrap_or(16)).map_err(opt("IP_MULTICAST_TTL"))?;
+        sock.set_multicast_ttl_v4(url.ttl.unwrap_or(16))
+            .map_err(opt("IP_MULTICAST_TTL"))?;
         if let Some(iface) = url.iface {
-            sock.set_multicast_if_v4(&iface).map_err(opt("IP_MULTICAST_IF"))?;
+            sock.set_multicast_if_v4(&iface)
+                .map_err(opt("IP_MULTICAST_IF"))?;
         }
-        sock.set_multicast_loop_v4(true).map_err(opt("IP_MULTICAST_LOOP"))?;
+        sock.set_multicast_loop_v4(true)
+            .map_err(opt("IP_MULTICAST_LOOP"))?;
     } else if let Some(ttl) = url.ttl {
         sock.set_ttl_v4(ttl).map_err(opt("IP_TTL"))?;
     }

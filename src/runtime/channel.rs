@@ -12,7 +12,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
-use super::{ChannelSnapshot, Command, MergeSnapshot, OutputSnapshot, OutputTotals, SourceSnapshot};
+use super::{
+    ChannelSnapshot, Command, MergeSnapshot, OutputSnapshot, OutputTotals, SourceSnapshot,
+};
 use crate::config::ChannelConfig;
 use crate::ingest::Leg;
 use crate::merge::LegId;
@@ -55,7 +57,15 @@ impl MergeChannel {
             capacity,
             leg_timeout: cfg.leg_timeout,
         });
-        MergeChannel { cfg, legs, outputs, merger, capacity, out: Vec::with_capacity(1024), legs_lost: 0 }
+        MergeChannel {
+            cfg,
+            legs,
+            outputs,
+            merger,
+            capacity,
+            out: Vec::with_capacity(1024),
+            legs_lost: 0,
+        }
     }
 
     pub(super) fn name(&self) -> &str {
@@ -63,7 +73,8 @@ impl MergeChannel {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut timer: Pin<Box<Sleep>> =
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
         let mut armed: Option<Instant> = None;
         let mut first = 0usize;
         loop {
@@ -150,13 +161,21 @@ impl MergeChannel {
 
     fn handle_event(&mut self, ev: Event) {
         let ch = &self.cfg.name;
-        let src = |leg: LegId| self.cfg.sources.get(leg.0).map(|s| s.name.as_str()).unwrap_or("?");
+        let src = |leg: LegId| {
+            self.cfg
+                .sources
+                .get(leg.0)
+                .map(|s| s.name.as_str())
+                .unwrap_or("?")
+        };
         match ev {
             Event::LegLost { leg } => {
                 self.legs_lost += 1;
                 tracing::warn!(channel = %ch, source = src(leg), "source lost: no packets for leg_timeout_ms");
             }
-            Event::LegBack { leg } => tracing::info!(channel = %ch, source = src(leg), "source back"),
+            Event::LegBack { leg } => {
+                tracing::info!(channel = %ch, source = src(leg), "source back")
+            }
             Event::Resync { leg, from, to } => {
                 tracing::warn!(channel = %ch, source = src(leg), from = from.0, to = to.0, "merger resynchronised (sender restart or jump)")
             }
@@ -196,7 +215,9 @@ impl MergeChannel {
                     duplicates: st.duplicates,
                     late: st.late,
                     path_differential_ms: st.path_differential.as_secs_f64() * 1000.0,
-                    last_packet_age_ms: st.last_seen.map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0),
+                    last_packet_age_ms: st
+                        .last_seen
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0),
                 }
             })
             .collect();

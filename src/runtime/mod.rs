@@ -158,9 +158,15 @@ impl Gateway {
 
 fn prepare(ch: &ChannelConfig) -> Result<channel::MergeChannel, RuntimeError> {
     if ch.mode != Mode::Smpte2022_7 {
-        return Err(RuntimeError::Unsupported { channel: ch.name.clone(), mode: ch.mode });
+        return Err(RuntimeError::Unsupported {
+            channel: ch.name.clone(),
+            mode: ch.mode,
+        });
     }
-    let net = |source| RuntimeError::Net { channel: ch.name.clone(), source };
+    let net = |source| RuntimeError::Net {
+        channel: ch.name.clone(),
+        source,
+    };
     let mut legs = Vec::new();
     for src in &ch.sources {
         let opened = Leg::open(src).map_err(net)?;

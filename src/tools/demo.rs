@@ -38,10 +38,9 @@ pub struct DemoArgs {
 const TS_PER_DATAGRAM: usize = 7 * 188;
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let file = args
-        .file
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/h264_aac.ts")));
+    let file = args.file.clone().unwrap_or_else(|| {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/h264_aac.ts"))
+    });
     let source = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let cfg = Config::from_str(DEFAULT_CONFIG, None)?;
     let ch = &cfg.channels[0];
@@ -49,7 +48,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (a, b) = (&ch.sources[0], &ch.sources[1]);
 
     // Capture the gateway's output in a thread until told to stop.
-    let cap = UdpSocket::bind(out_addr).with_context(|| format!("binding the capture socket {out_addr}"))?;
+    let cap = UdpSocket::bind(out_addr)
+        .with_context(|| format!("binding the capture socket {out_addr}"))?;
     cap.set_read_timeout(Some(Duration::from_millis(100)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let capture = {
@@ -66,18 +66,31 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let gateway = rt.block_on(async { Gateway::start(&cfg) })?;
     let report = std::env::temp_dir().join(format!("hitless-demo-{}.json", std::process::id()));
     let leg_a = format!("{}?loss={}", a.url, args.loss);
     let leg_b = format!("{}?loss={}&delay=30&outage=3000+1500", b.url, args.loss);
-    println!("hitless demo: gateway on {} and {}, output {}", a.url, b.url, ch.outputs[0].url);
+    println!(
+        "hitless demo: gateway on {} and {}, output {}",
+        a.url, b.url, ch.outputs[0].url
+    );
     println!("  leg a: {leg_a}");
     println!("  leg b: {leg_b}   (30 ms late, silent 3.0-4.5 s)");
     let mut sender = Command::new(std::env::current_exe()?)
         .arg("send")
         .arg(&file)
-        .args(["--to", &leg_a, "--to", &leg_b, "--seed", &args.seed.to_string()])
+        .args([
+            "--to",
+            &leg_a,
+            "--to",
+            &leg_b,
+            "--seed",
+            &args.seed.to_string(),
+        ])
         .args(["--speed", &args.speed.to_string(), "--report"])
         .arg(&report)
         .stdin(Stdio::null())
@@ -102,9 +115,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("hitless send failed ({status})");
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
-    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("hitless-demo-{}.json", std::process::id())));
-    let lost_all: BTreeSet<u64> =
-        report["lost_on_all_legs"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()).collect();
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("hitless-demo-{}.json", std::process::id())),
+    );
+    let lost_all: BTreeSet<u64> = report["lost_on_all_legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_u64())
+        .collect();
     let total = source.len().div_ceil(TS_PER_DATAGRAM) as u64;
     let expected = total - lost_all.len() as u64;
     // Let the last gap expire (merge window) and the output drain, then stop.
@@ -117,7 +136,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let last = snapshot(&gateway);
     rt.block_on(gateway.shutdown());
     stop.store(true, Ordering::Relaxed);
-    let captured = capture.join().map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
+    let captured = capture
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
     if live {
         println!();
     }
@@ -151,7 +172,10 @@ fn status_line(s: &ChannelSnapshot) -> String {
         .sources
         .iter()
         .map(|l| {
-            format!("{} {} rx {} rec {} Δ{:.0}ms", l.name, l.state, l.packets, l.recovered, l.path_differential_ms)
+            format!(
+                "{} {} rx {} rec {} Δ{:.0}ms",
+                l.name, l.state, l.packets, l.recovered, l.path_differential_ms
+            )
         })
         .collect();
     format!(
@@ -172,7 +196,11 @@ fn verify(source: &[u8], captured: &[Vec<u8>], lost_all: &BTreeSet<u64>) -> Resu
         .map(|(_, c)| c)
         .collect();
     if captured.len() != expected.len() {
-        return Err(format!("{} datagrams out, expected {}", captured.len(), expected.len()));
+        return Err(format!(
+            "{} datagrams out, expected {}",
+            captured.len(),
+            expected.len()
+        ));
     }
     for (i, (got, want)) in captured.iter().zip(&expected).enumerate() {
         if got.get(12..) != Some(*want) {

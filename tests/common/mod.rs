@@ -14,7 +14,9 @@ pub fn bin() -> &'static str {
 }
 
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 /// A running gateway; killed on drop if the test did not stop it.
@@ -51,7 +53,11 @@ impl Gateway {
                 Err(e) => panic!("gateway did not become ready: {e}"),
             }
         }
-        Gateway { child, http, log: rx }
+        Gateway {
+            child,
+            http,
+            log: rx,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -68,7 +74,10 @@ impl Gateway {
     pub fn stop(mut self) {
         let pid = self.child.id() as i32;
         // SAFETY-free: sending a signal to our own child by PID.
-        let rc = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        let rc = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
         assert!(rc.success());
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "gateway exited with {status}");
@@ -88,12 +97,30 @@ impl Drop for Gateway {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read http");
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
     (code, body)
 }
 
@@ -145,6 +172,10 @@ pub fn send(args: &[&str], report: &Path) -> serde_json::Value {
         .stderr(Stdio::piped())
         .output()
         .expect("run hitless send");
-    assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&std::fs::read(report).expect("read report")).expect("report JSON")
 }
