@@ -350,7 +350,7 @@ fn parse_iface(value: &str) -> Result<Ipv4Addr, String> {
                 .to_owned(),
         ),
         Err(_) => Err(format!(
-            "iface={value}: iface= takes the local interface's IPv4 address, not its name, e.g. iface=10.1.1.5"
+            "iface={value} is not an IPv4 address: iface= takes the local interface's address, not its name, e.g. iface=10.1.1.5"
         )),
     }
 }

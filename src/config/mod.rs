@@ -244,3 +244,740 @@ impl Config {
         self.channels.iter().find(|c| c.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "site.toml";
+
+    const BASE: &str = r#"[node]
+name = "gw-1"
+http_listen = "127.0.0.1:9000"
+
+[[channel]]
+name = "news"
+mode = "smpte-2022-7"
+
+  [[channel.source]]
+  name = "a"
+  url = "rtp://127.0.0.1:5000"
+  role = "preferred"
+
+  [[channel.source]]
+  name = "b"
+  url = "rtp://127.0.0.1:5002"
+  role = "non-preferred"
+
+  [[channel.output]]
+  url = "rtp://127.0.0.1:6000"
+"#;
+
+    /// A second channel to append to [`BASE`].
+    fn sports(src_a: &str, src_b: &str, out: &str) -> String {
+        format!(
+            r#"
+[[channel]]
+name = "sports"
+mode = "smpte-2022-7"
+
+  [[channel.source]]
+  name = "a"
+  url = "{src_a}"
+  role = "preferred"
+
+  [[channel.source]]
+  name = "b"
+  url = "{src_b}"
+  role = "non-preferred"
+
+  [[channel.output]]
+  url = "{out}"
+"#
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Some(Path::new(FILE)))
+    }
+
+    fn diags(text: &str) -> Vec<Diagnostic> {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.diagnostics().to_vec(),
+        }
+    }
+
+    /// `FILE:LINE:COL:` of the `nth` (0-based) occurrence of `needle`, counted by hand.
+    fn pos(text: &str, needle: &str, nth: usize) -> String {
+        let offset = text
+            .match_indices(needle)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("{needle:?} not in text"))
+            .0;
+        let line = text[..offset].lines().count() + usize::from(text[..offset].ends_with('\n'));
+        let line = line.max(1);
+        let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("{FILE}:{line}:{col}:")
+    }
+
+    /// Assert one finding is at `needle` (its `nth` occurrence), about `key`, and says `says`.
+    #[track_caller]
+    fn expect_at(text: &str, needle: &str, nth: usize, key: &str, says: &str) {
+        let at = pos(text, needle, nth);
+        let ds = diags(text);
+        let found = ds.iter().any(|d| {
+            let s = d.to_string();
+            s.starts_with(&at) && d.key == key && s.contains(says)
+        });
+        let all: Vec<String> = ds.iter().map(|d| format!("{} [{}]", d, d.key)).collect();
+        assert!(
+            found,
+            "no finding at {at} key {key} saying {says:?}; got:\n{}",
+            all.join("\n")
+        );
+    }
+
+    fn replace(old: &str, new: &str) -> String {
+        assert!(BASE.contains(old), "{old:?} not in BASE");
+        BASE.replacen(old, new, 1)
+    }
+
+    #[test]
+    fn default_config_parses() {
+        let cfg = Config::from_str(DEFAULT_CONFIG, None).unwrap();
+        assert_eq!(cfg.node.name, "hitless");
+        assert_eq!(cfg.node.http_listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(cfg.path, None);
+        assert_eq!(cfg.channels.len(), 1);
+        let ch = &cfg.channels[0];
+        assert_eq!((ch.name.as_str(), ch.mode), ("default", Mode::Smpte2022_7));
+        let srcs: Vec<_> = ch
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.url.to_string(), s.role))
+            .collect();
+        assert_eq!(
+            srcs,
+            [
+                ("a", "rtp://127.0.0.1:5000".to_owned(), Role::Preferred),
+                ("b", "rtp://127.0.0.1:5002".to_owned(), Role::NonPreferred)
+            ]
+        );
+        assert_eq!(ch.outputs[0].url.to_string(), "rtp://127.0.0.1:6000");
+    }
+
+    #[test]
+    fn embedded_default_is_named_in_messages() {
+        let e = Config::from_str("[[channel]]\nname = 1\n", None).unwrap_err();
+        assert!(e.to_string().starts_with("<embedded default>:2:8: "), "{e}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let text = BASE.replace(
+            "[node]\nname = \"gw-1\"\nhttp_listen = \"127.0.0.1:9000\"\n",
+            "",
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.path.as_deref(), Some(Path::new(FILE)));
+        assert_eq!(cfg.node.name, DEFAULT_NODE_NAME);
+        assert_eq!(cfg.node.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+        let ch = &cfg.channels[0];
+        assert_eq!(ch.merge_window, Duration::from_millis(1000));
+        assert_eq!(ch.offline_window, Duration::from_millis(500));
+        assert!(ch.auto_switch_to_preferred);
+        assert_eq!(ch.max_bitrate_bps, 100_000_000);
+        assert_eq!(ch.leg_timeout, Duration::from_millis(100));
+        assert_eq!(ch.sources[0].recv_buffer_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn explicit_values_are_used() {
+        let text = replace(
+            "mode = \"smpte-2022-7\"\n",
+            "mode = \"smpte-2022-7\"\nmerge_window_ms = 250\noffline_window_ms = 80\nauto_switch_to_preferred = false\nmax_bitrate_mbps = 20\nleg_timeout_ms = 40\n",
+        )
+        .replace("role = \"preferred\"", "role = \"preferred\"\n  recv_buffer_bytes = 0");
+        let ch = parse(&text).unwrap().channels.remove(0);
+        assert_eq!(ch.merge_window, Duration::from_millis(250));
+        assert_eq!(ch.offline_window, Duration::from_millis(80));
+        assert!(!ch.auto_switch_to_preferred);
+        assert_eq!(ch.max_bitrate_bps, 20_000_000);
+        assert_eq!(ch.leg_timeout, Duration::from_millis(40));
+        assert_eq!(ch.sources[0].recv_buffer_bytes, 0);
+    }
+
+    #[test]
+    fn unknown_key_names_position_and_allowed_keys() {
+        let text = replace("mode = ", "merge_windw_ms = 5\nmode = ");
+        expect_at(
+            &text,
+            "merge_windw_ms",
+            0,
+            "channel.merge_windw_ms",
+            "unknown field `merge_windw_ms`",
+        );
+        expect_at(
+            &text,
+            "merge_windw_ms",
+            0,
+            "channel.merge_windw_ms",
+            "`merge_window_ms`",
+        );
+        let text = replace(
+            "  role = \"preferred\"",
+            "  role = \"preferred\"\n  iface = \"10.0.0.1\"",
+        );
+        expect_at(
+            &text,
+            "iface",
+            0,
+            "channel.source.iface",
+            "`recv_buffer_bytes`",
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = replace(
+            "mode = \"smpte-2022-7\"\n",
+            "mode = \"smpte-2022-7\"\nmerge_window_ms = \"1000\"\n",
+        );
+        expect_at(
+            &text,
+            "\"1000\"",
+            0,
+            "channel.merge_window_ms",
+            "merge_window_ms: invalid type",
+        );
+        let text = replace(
+            "mode = \"smpte-2022-7\"\n",
+            "mode = \"smpte-2022-7\"\nleg_timeout_ms = -5\n",
+        );
+        expect_at(&text, "-5", 0, "channel.leg_timeout_ms", "whole number");
+    }
+
+    #[test]
+    fn single_brackets_hint() {
+        let text = "[channel]\nname = \"x\"\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("site.toml:1:1: "), "{e}");
+        assert!(e.contains("double brackets"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let text = replace("name = \"news\"", "name = \"news");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.diagnostics().len(), 1);
+        assert!(e.to_string().starts_with("site.toml:6:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_mode_lists_valid_values() {
+        let text = replace("\"smpte-2022-7\"", "\"2022-7\"");
+        expect_at(
+            &text,
+            "\"2022-7\"",
+            0,
+            "channel.mode",
+            "\"smpte-2022-7\", \"content-merge\", \"switch\"",
+        );
+        let text = replace("\"smpte-2022-7\"", "\"SMPTE-2022-7\"");
+        expect_at(&text, "\"SMPTE", 0, "channel.mode", "lowercase");
+    }
+
+    #[test]
+    fn unsupported_modes_are_rejected() {
+        for mode in ["switch", "content-merge"] {
+            let text = replace("\"smpte-2022-7\"", &format!("\"{mode}\""));
+            let says = format!(
+                "mode \"{mode}\" is not supported yet in this build (planned); use \"smpte-2022-7\""
+            );
+            expect_at(&text, &format!("\"{mode}\""), 0, "channel.mode", &says);
+        }
+    }
+
+    #[test]
+    fn unknown_role_lists_valid_values() {
+        let text = replace("\"non-preferred\"", "\"backup\"");
+        expect_at(
+            &text,
+            "\"backup\"",
+            0,
+            "channel.source.role",
+            "source \"b\": role \"backup\" is not a valid role — use one of \"preferred\", \"non-preferred\", \"slate\"",
+        );
+    }
+
+    #[test]
+    fn duplicate_channel_names() {
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://127.0.0.1:5100",
+                "rtp://127.0.0.1:5102",
+                "rtp://127.0.0.1:6100"
+            )
+        )
+        .replace("name = \"sports\"", "name = \"news\"");
+        expect_at(
+            &text,
+            "\"news\"",
+            1,
+            "channel.name",
+            "already used by the [[channel]] at line 5",
+        );
+    }
+
+    #[test]
+    fn duplicate_source_names() {
+        let text = replace("name = \"b\"", "name = \"a\"");
+        expect_at(
+            &text,
+            "\"a\"",
+            1,
+            "channel.source.name",
+            "unique within a channel",
+        );
+    }
+
+    #[test]
+    fn port_reused_across_channels() {
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://127.0.0.1:5100",
+                "rtp://127.0.0.1:5002",
+                "rtp://127.0.0.1:6100"
+            )
+        );
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:5002\"",
+            1,
+            "channel.source.url",
+            "channel \"sports\" source \"b\": url \"rtp://127.0.0.1:5002\": port 5002 is already used by channel \"news\" source \"b\"",
+        );
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:5002\"",
+            1,
+            "channel.source.url",
+            "give every source its own port",
+        );
+    }
+
+    #[test]
+    fn wildcard_overlaps_specific_and_multicast() {
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://0.0.0.0:5000",
+                "rtp://127.0.0.1:5102",
+                "rtp://127.0.0.1:6100"
+            )
+        );
+        expect_at(
+            &text,
+            "\"rtp://0.0.0.0:5000\"",
+            0,
+            "channel.source.url",
+            "wildcard bind",
+        );
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://239.1.1.1:5102",
+                "rtp://0.0.0.0:5102",
+                "rtp://127.0.0.1:6100"
+            )
+        );
+        expect_at(
+            &text,
+            "\"rtp://0.0.0.0:5102\"",
+            0,
+            "channel.source.url",
+            "wildcard bind",
+        );
+        // Different specific addresses on one port do not overlap.
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://127.0.0.2:5000",
+                "rtp://127.0.0.2:5002",
+                "rtp://127.0.0.1:6100"
+            )
+        );
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn multicast_groups_share_a_port_only_when_distinct() {
+        let ok = sports(
+            "rtp://239.1.1.1:5000",
+            "rtp://239.1.1.2:5000",
+            "rtp://239.9.9.9:6000",
+        );
+        parse(&format!("{BASE}{ok}")).unwrap();
+        let ssm = sports(
+            "rtp://232.1.1.1:5000?source=10.1.0.9",
+            "rtp://232.1.1.1:5000?source=10.2.0.9",
+            "rtp://239.9.9.9:6000",
+        );
+        parse(&format!("{BASE}{ssm}")).unwrap();
+        let clash = sports(
+            "rtp://239.1.1.1:5000?iface=10.1.0.5",
+            "rtp://239.1.1.1:5000?iface=10.2.0.5",
+            "rtp://239.9.9.9:6000",
+        );
+        let text = format!("{BASE}{clash}");
+        expect_at(
+            &text,
+            "\"rtp://239.1.1.1:5000?iface=10.2",
+            0,
+            "channel.source.url",
+            "group 239.1.1.1:5000 is already received by channel \"sports\" source \"a\"",
+        );
+    }
+
+    #[test]
+    fn output_to_own_source_is_a_loop() {
+        let text = replace("rtp://127.0.0.1:6000", "udp://127.0.0.1:5002");
+        expect_at(
+            &text,
+            "\"udp://127.0.0.1:5002\"",
+            0,
+            "channel.output.url",
+            "which channel \"news\" source \"b\" receives — a loop",
+        );
+        let text = replace("rtp://127.0.0.1:5000", "rtp://0.0.0.0:6000");
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:6000\"",
+            0,
+            "channel.output.url",
+            "a loop",
+        );
+    }
+
+    #[test]
+    fn duplicate_output_destination() {
+        let text = format!(
+            "{BASE}{}",
+            sports(
+                "rtp://127.0.0.1:5100",
+                "rtp://127.0.0.1:5102",
+                "rtp://127.0.0.1:6000"
+            )
+        );
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:6000\"",
+            1,
+            "channel.output.url",
+            "already used by channel \"news\" output #1",
+        );
+        // The same group out of two interfaces is a red/blue output pair.
+        let pair = "url = \"rtp://239.2.1.1:6000?iface=10.1.0.5\"\n\n  [[channel.output]]\n  url = \"rtp://239.2.1.1:6000?iface=10.2.0.5\"";
+        parse(&replace("url = \"rtp://127.0.0.1:6000\"", pair)).unwrap();
+    }
+
+    #[test]
+    fn windows_and_bitrate_ranges() {
+        let set = |kv: &str| {
+            replace(
+                "mode = \"smpte-2022-7\"\n",
+                &format!("mode = \"smpte-2022-7\"\n{kv}\n"),
+            )
+        };
+        let text = set("merge_window_ms = 0");
+        expect_at(
+            &text,
+            "0\n",
+            0,
+            "channel.merge_window_ms",
+            "merge_window_ms = 0 is out of range 1..=15000 (milliseconds)",
+        );
+        let text = set("merge_window_ms = 15001");
+        expect_at(
+            &text,
+            "15001",
+            0,
+            "channel.merge_window_ms",
+            "path differential",
+        );
+        parse(&set("merge_window_ms = 15000")).unwrap();
+        let text = set("offline_window_ms = 0");
+        expect_at(
+            &text,
+            "0\n",
+            0,
+            "channel.offline_window_ms",
+            "must be at least 1 (milliseconds)",
+        );
+        let text = set("max_bitrate_mbps = 0");
+        expect_at(
+            &text,
+            "0\n",
+            0,
+            "channel.max_bitrate_mbps",
+            "1..=10000 (Mbit/s)",
+        );
+        let text = set("max_bitrate_mbps = 10001");
+        expect_at(
+            &text,
+            "10001",
+            0,
+            "channel.max_bitrate_mbps",
+            "merge buffer",
+        );
+        let text = set("leg_timeout_ms = 0");
+        expect_at(
+            &text,
+            "0\n",
+            0,
+            "channel.leg_timeout_ms",
+            "leg_timeout_ms = 0 must be at least 1",
+        );
+    }
+
+    #[test]
+    fn slate_not_allowed_in_2022_7() {
+        let text = replace("\"non-preferred\"", "\"slate\"");
+        expect_at(
+            &text,
+            "\"slate\"",
+            0,
+            "channel.source.role",
+            "not allowed in a smpte-2022-7 channel",
+        );
+    }
+
+    #[test]
+    fn smpte_2022_7_needs_rtp() {
+        let text = replace("rtp://127.0.0.1:5002", "udp://127.0.0.1:5002");
+        expect_at(
+            &text,
+            "\"udp://",
+            0,
+            "channel.source.url",
+            "smpte-2022-7 needs RTP sequence numbers",
+        );
+    }
+
+    #[test]
+    fn file_urls_only_for_slates_and_never_outputs() {
+        let text = replace("rtp://127.0.0.1:5002", "file:///srv/slate.ts");
+        expect_at(
+            &text,
+            "\"file://",
+            0,
+            "channel.source.url",
+            "file:// is only for slate sources",
+        );
+        let text = replace("rtp://127.0.0.1:6000", "file:///tmp/out.ts");
+        expect_at(
+            &text,
+            "\"file://",
+            0,
+            "channel.output.url",
+            "file:// cannot be an output",
+        );
+    }
+
+    #[test]
+    fn udp_output_is_accepted() {
+        let cfg = parse(&replace(
+            "rtp://127.0.0.1:6000",
+            "udp://239.2.1.1:6000?ttl=4",
+        ))
+        .unwrap();
+        assert_eq!(cfg.channels[0].outputs[0].url.ttl, Some(4));
+    }
+
+    #[test]
+    fn url_errors_carry_position() {
+        let text = replace("rtp://127.0.0.1:5002", "rtp://localhost:5002");
+        expect_at(
+            &text,
+            "\"rtp://localhost",
+            0,
+            "channel.source.url",
+            "hostnames are not resolved",
+        );
+        let text = replace("rtp://127.0.0.1:5002", "rtp://127.0.0.1:5002?ttl=4");
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:5002?",
+            0,
+            "channel.source.url",
+            "ttl= applies to outputs only",
+        );
+        let text = replace(
+            "rtp://127.0.0.1:5002",
+            "rtp://127.0.0.1:5002?iface=127.0.0.1",
+        );
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:5002?",
+            0,
+            "channel.source.url",
+            "iface= selects the interface of a multicast join",
+        );
+        let text = replace(
+            "rtp://127.0.0.1:6000",
+            "rtp://127.0.0.1:6000?source=127.0.0.9",
+        );
+        expect_at(
+            &text,
+            "\"rtp://127.0.0.1:6000?",
+            0,
+            "channel.output.url",
+            "applies to sources only",
+        );
+    }
+
+    #[test]
+    fn names_are_metric_labels() {
+        let text = replace("name = \"news\"", "name = \"news feed\"");
+        expect_at(
+            &text,
+            "\"news feed\"",
+            0,
+            "channel.name",
+            "outside [A-Za-z0-9_.-] (names become metric labels) — e.g. \"news_feed\"",
+        );
+        let text = replace("name = \"a\"", "name = \"\"");
+        expect_at(&text, "\"\"", 0, "channel.source.name", "name is empty");
+        let text = replace("name = \"gw-1\"", "name = \"gw/1\"");
+        expect_at(&text, "\"gw/1\"", 0, "node.name", "[node]: name");
+    }
+
+    #[test]
+    fn missing_keys_point_at_their_table() {
+        let text = replace("  url = \"rtp://127.0.0.1:5002\"\n", "");
+        expect_at(
+            &text,
+            "[[channel.source]]",
+            1,
+            "channel.source.url",
+            "missing key `url`",
+        );
+        let text = replace("  role = \"preferred\"\n", "");
+        expect_at(
+            &text,
+            "[[channel.source]]",
+            0,
+            "channel.source.role",
+            "missing key `role`",
+        );
+        let text = replace("mode = \"smpte-2022-7\"\n", "");
+        expect_at(
+            &text,
+            "[[channel]]",
+            0,
+            "channel.mode",
+            "missing key `mode`",
+        );
+    }
+
+    #[test]
+    fn channels_sources_and_outputs_required() {
+        expect_at(
+            "[node]\nname = \"x\"\n",
+            "[node]",
+            0,
+            "channel",
+            "no [[channel]] is defined",
+        );
+        let text = "[[channel]]\nname = \"x\"\nmode = \"smpte-2022-7\"\n";
+        expect_at(
+            text,
+            "[[channel]]",
+            0,
+            "channel.source",
+            "no [[channel.source]]",
+        );
+        expect_at(
+            text,
+            "[[channel]]",
+            0,
+            "channel.output",
+            "no [[channel.output]]",
+        );
+    }
+
+    #[test]
+    fn http_listen_and_recv_buffer() {
+        let text = replace("\"127.0.0.1:9000\"", "\"localhost:9000\"");
+        expect_at(
+            &text,
+            "\"localhost",
+            0,
+            "node.http_listen",
+            "is not IP:PORT",
+        );
+        let text = replace(
+            "role = \"preferred\"",
+            "role = \"preferred\"\n  recv_buffer_bytes = 4000000000",
+        );
+        expect_at(
+            &text,
+            "4000000000",
+            0,
+            "channel.source.recv_buffer_bytes",
+            "larger than 1073741824",
+        );
+    }
+
+    #[test]
+    fn every_finding_is_reported_one_per_line() {
+        let text = replace("\"smpte-2022-7\"", "\"switch\"")
+            .replace("name = \"b\"", "name = \"a\"")
+            .replace("rtp://127.0.0.1:6000", "rtp://127.0.0.1:5000");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.diagnostics().len(), 3, "{e}");
+        let shown = e.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("site.toml:7:8: channel \"news\": mode \"switch\""),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("site.toml:15:10: channel \"news\" source \"a\": name"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("site.toml:20:9: channel \"news\" output #1: url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&missing.display().to_string()),
+            "{e}"
+        );
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, replace("\"smpte-2022-7\"", "\"switch\"")).unwrap();
+        let e = Config::load(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:7:8: ", bad.display())),
+            "{e}"
+        );
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, BASE).unwrap();
+        assert_eq!(
+            Config::load(&good).unwrap().path.as_deref(),
+            Some(good.as_path())
+        );
+    }
+}

@@ -89,13 +89,21 @@ impl Validator<'_> {
     fn serde_error(&mut self, e: &toml::de::Error) {
         let span = e.span().unwrap_or(0..0);
         let msg = e.message().trim().replace('\n', "; ");
-        let leaf = key_at(self.text, span.start)
-            .or_else(|| bare_key(&self.text[span.clone()]))
-            .unwrap_or_default();
-        let key = match (table_at(self.text, span.start), leaf.is_empty()) {
-            (_, true) => String::new(),
-            (Some(table), false) => format!("{table}.{leaf}"),
-            (None, false) => leaf.clone(),
+        let spanned = self.text.get(span.clone()).unwrap_or_default();
+        let (key, leaf) = if let Some(header) = header_name(spanned) {
+            // The error is about a whole table, e.g. `[channel]` where a list is expected.
+            let leaf = header.rsplit('.').next().unwrap_or_default().to_owned();
+            (header, leaf)
+        } else {
+            let leaf = key_at(self.text, span.start)
+                .or_else(|| bare_key(spanned))
+                .unwrap_or_default();
+            let key = match (table_at(self.text, span.start), leaf.is_empty()) {
+                (_, true) => String::new(),
+                (Some(table), false) => format!("{table}.{leaf}"),
+                (None, false) => leaf.clone(),
+            };
+            (key, leaf)
         };
         let mut message = if leaf.is_empty() || msg.contains(&format!("`{leaf}`")) {
             msg.clone()
@@ -798,11 +806,19 @@ fn bare_key(s: &str) -> Option<String> {
 fn table_at(text: &str, offset: usize) -> Option<String> {
     let before = text.get(..offset.min(text.len()))?;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let header = before[..line_start]
+    before[..line_start]
         .lines()
         .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))?;
-    let name = header.trim_start_matches('[').split(']').next()?.trim();
+        .find_map(|l| header_name(l.trim()))
+}
+
+/// `channel.source` for `[[channel.source]]` or `[channel.source]`.
+fn header_name(s: &str) -> Option<String> {
+    let name = s
+        .strip_prefix('[')?
+        .trim_start_matches('[')
+        .split(']')
+        .next()?
+        .trim();
     Some(name.to_owned())
 }
