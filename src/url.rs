@@ -6,6 +6,7 @@
 //! udp://HOST:PORT[?QUERY]        plain MPEG-TS in UDP
 //! rtp://HOST:PORT[?QUERY]        MPEG-TS in RTP (RFC 2250)
 //! udp://@HOST:PORT               VLC style, same as udp://HOST:PORT
+//! udp://@:PORT                   VLC style, same as udp://0.0.0.0:PORT
 //! udp://SRC@GROUP:PORT           VLC style source-specific multicast, same as ?source=SRC
 //! file:///abs/path.ts            absolute path
 //! file://relative/path.ts        relative to the config file's directory (see parse_with_base)
@@ -177,6 +178,8 @@ fn parse(s: &str) -> Result<StreamUrl, String> {
     }
     let (authority, query) = split_query(rest);
     let (vlc_source, host_port) = match authority.split_once('@') {
+        // `udp://@:5000`: VLC's "listen on every address".
+        Some(("", hp)) if hp.starts_with(':') => (None, hp),
         // `udp://@239.1.1.1:5000`: VLC's "listen" prefix, nothing to do.
         Some(("", hp)) => (None, hp),
         // `udp://10.0.0.1@232.1.1.1:5000`: VLC's source-specific form.
@@ -192,7 +195,10 @@ fn parse(s: &str) -> Result<StreamUrl, String> {
             scheme, scheme
         ));
     }
-    let addr = parse_host_port(host_port)?;
+    let addr = match host_port.strip_prefix(':') {
+        Some(port) if authority.starts_with('@') => parse_host_port(&format!("0.0.0.0:{port}"))?,
+        _ => parse_host_port(host_port)?,
+    };
     let mut url = StreamUrl {
         scheme,
         addr,
@@ -322,7 +328,10 @@ fn parse_host_port(hp: &str) -> Result<SocketAddr, String> {
 
 fn parse_ip(host: &str) -> Result<IpAddr, String> {
     if host.is_empty() {
-        return Err("missing IP address".to_owned());
+        return Err(
+            "missing IP address: write 0.0.0.0:PORT to receive on every local address, or the group or destination address"
+                .to_owned(),
+        );
     }
     host.parse::<IpAddr>().map_err(|_| {
         if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
@@ -400,6 +409,8 @@ mod tests {
     #[test]
     fn vlc_at_forms() {
         assert_eq!(ok("udp://@239.1.1.1:5000"), ok("udp://239.1.1.1:5000"));
+        assert_eq!(ok("udp://@:5000"), ok("udp://0.0.0.0:5000"));
+        assert!(err("udp://:5000").contains("0.0.0.0:PORT"));
         assert_eq!(
             ok("udp://10.0.0.9@232.1.1.1:5000"),
             ok("udp://232.1.1.1:5000?source=10.0.0.9")
