@@ -39,7 +39,12 @@ fn two_network_site_example() {
         assert_eq!(ch.sources.len(), 2, "{}: a red and a blue leg", ch.name);
         for src in &ch.sources {
             assert!(src.url.is_multicast(), "{} {}", ch.name, src.name);
-            assert!(src.url.iface.is_some() && src.url.source.is_some(), "{} {}", ch.name, src.name);
+            assert!(
+                src.url.iface.is_some() && src.url.source.is_some(),
+                "{} {}",
+                ch.name,
+                src.name
+            );
         }
         for out in &ch.outputs {
             assert!(out.url.ttl.is_some(), "{}: outputs set a TTL", ch.name);

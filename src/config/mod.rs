@@ -133,37 +133,51 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// `[node] name`, a metric label (default `"hitless"`).
     pub name: String,
+    /// Where the HTTP API and `/metrics` listen (default `127.0.0.1:9000`).
     pub http_listen: SocketAddr,
 }
 
 #[derive(Clone, Debug)]
 pub struct ChannelConfig {
+    /// Unique channel name, a metric label.
     pub name: String,
+    /// Always [`Mode::Smpte2022_7`] in this build (validation rejects the others).
     pub mode: Mode,
+    /// How long a gap waits for the other legs (`merge_window_ms`, default 1000 ms).
     pub merge_window: Duration,
+    /// Silence before a source is reported offline (`offline_window_ms`, default 500 ms).
     pub offline_window: Duration,
+    /// Return to the preferred source once healthy (default true).
     pub auto_switch_to_preferred: bool,
-    /// Upper bound of the channel's bitrate; sizes the merge buffer (window × bitrate).
+    /// Upper bound of the channel's bitrate in bit/s (`max_bitrate_mbps` × 10⁶, default
+    /// 100 Mbit/s); sizes the merge buffer (window × bitrate).
     pub max_bitrate_bps: u64,
-    /// A leg silent this long is lost: gaps stop waiting for it (leg_timeout_ms).
+    /// A leg silent this long is lost: gaps stop waiting for it (`leg_timeout_ms`,
+    /// default 100 ms).
     pub leg_timeout: Duration,
+    /// At least one; network sources never overlap each other's receive addresses.
     pub sources: Vec<SourceConfig>,
+    /// At least one; never a source of the same channel, never another output's destination.
     pub outputs: Vec<OutputConfig>,
 }
 
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
+    /// Unique within the channel, a metric label.
     pub name: String,
     /// Relative `file://` paths are already resolved against the config file's directory.
     pub url: StreamUrl,
+    /// Never [`Role::Slate`] in a 2022-7 channel.
     pub role: Role,
-    /// Requested SO_RCVBUF in bytes (0: kernel default).
+    /// Requested SO_RCVBUF in bytes (0: kernel default; default 4 MiB).
     pub recv_buffer_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
 pub struct OutputConfig {
+    /// `udp://` (RTP header stripped) or `rtp://` destination.
     pub url: StreamUrl,
 }
 
