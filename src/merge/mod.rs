@@ -4,6 +4,8 @@
 //! - [`seq2022_7`]: SMPTE ST 2022-7 seamless protection switching by RTP sequence number.
 
 pub mod seq2022_7;
+#[cfg(test)]
+mod sim;
 
 /// Index of a leg (source) within its channel, in configuration order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

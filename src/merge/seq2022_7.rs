@@ -41,8 +41,8 @@
 //!     one. A normal packet from a leg that contributed to the run cancels it. Packets of the
 //!     previous epoch (its SSRC, sequence within `capacity` of its last one) are late, never
 //!     suspicious, so a lagging leg cannot flip the merger back. As a last resort,
-//!     [`STALE_LIMIT`] consecutive rejected packets with nothing accepted in between force a
-//!     resync, so the merger can never lock itself out.
+//!     [`STALE_LIMIT`] consecutive rejected packets, with nothing accepted for a whole window,
+//!     force a resync, so the merger can never lock itself out.
 //! - **Recovered.** A packet counts as recovered for leg L when L delivered the copy that is
 //!   output (the first copy) while at least one *other* leg that was not lost had already
 //!   delivered a later packet — that leg skipped this one, and L filled the hole.
@@ -61,7 +61,8 @@ use crate::rtp::{ExtSeq, RtpPacket, SeqNum};
 
 /// Suspicious packets consistent with each other that confirm a sender restart.
 pub const RESYNC_RUN: u32 = 8;
-/// Consecutive rejected packets (suspicious or previous epoch) that force a resync.
+/// Consecutive rejected packets (suspicious or previous epoch) that, with nothing accepted for
+/// a whole window, force a resync.
 pub const STALE_LIMIT: u32 = 64;
 /// An RTP timestamp at most this far behind the newest one is "old" (60 s at 90 kHz).
 const OLD_TS_TICKS: u32 = 60 * 90_000;
@@ -228,6 +229,8 @@ pub struct Merger {
     prev: Option<PrevEpoch>,
     /// Rejected packets (suspicious or previous epoch) since the last accepted one.
     stale_run: u32,
+    /// Arrival of the last packet accepted in the current epoch.
+    last_accept: Option<Instant>,
     events: VecDeque<Event>,
     stats: MergeStats,
 }
@@ -267,6 +270,7 @@ impl Merger {
             cand: None,
             prev: None,
             stale_run: 0,
+            last_accept: None,
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: MergeStats {
                 legs: vec![LegStats::default(); legs],
@@ -325,7 +329,6 @@ impl Merger {
             }
             return self.suspect(now, li, pkt);
         }
-        self.stale_run = 0;
         if let Some(c) = &self.cand
             && c.legs & leg_bit(li) != 0
         {
@@ -435,6 +438,8 @@ impl Merger {
 
     /// Store a packet at position `q` (within the tracked range of the current epoch).
     fn accept(&mut self, now: Instant, li: usize, pkt: RtpPacket, q: u64) -> Pushed {
+        self.stale_run = 0;
+        self.last_accept = Some(now);
         let lm = &mut self.legs[li].max_q;
         *lm = (*lm).max(q);
         if q > self.top {
@@ -645,7 +650,7 @@ impl Merger {
     /// A packet from the previous epoch: late, unless nothing else arrives for long enough.
     fn reject_stale(&mut self, now: Instant, li: usize, pkt: RtpPacket) -> Pushed {
         self.stale_run += 1;
-        if self.stale_run >= STALE_LIMIT {
+        if self.stale_for_long(now) {
             self.prev = None;
             return self.resync(now, li, pkt);
         }
@@ -680,11 +685,21 @@ impl Merger {
             }),
         };
         let every_leg = c.legs.count_ones() >= 2 && c.legs & self.live_mask() == self.live_mask();
-        if c.count >= RESYNC_RUN || every_leg || self.stale_run >= STALE_LIMIT {
+        if c.count >= RESYNC_RUN || every_leg || self.stale_for_long(now) {
             return self.resync(now, li, pkt);
         }
         self.stats.suspect += 1;
         Pushed::Late
+    }
+
+    /// The last-resort valve: [`STALE_LIMIT`] rejected packets in a row and nothing accepted
+    /// for a whole window (a lagging leg delivers old data for about a window at most).
+    fn stale_for_long(&self, now: Instant) -> bool {
+        self.stale_run >= STALE_LIMIT
+            && self
+                .last_accept
+                .and_then(|t| t.checked_add(self.window))
+                .is_none_or(|t| now >= t)
     }
 
     /// Legs (of the first 64) that have delivered something and are not lost.
@@ -733,4 +748,603 @@ impl Merger {
 #[inline]
 fn leg_bit(li: usize) -> u64 {
     if li < 64 { 1 << li } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::sim::{LegScript, Sim, base, rtp_ssrc};
+
+    const SSRC: u32 = 0x1234_5678;
+    const A: LegId = LegId(0);
+    const B: LegId = LegId(1);
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// RTP packet with the test SSRC, built by `crate::rtp::tests::rtp`.
+    fn rtp(seq: u16, ts: u32) -> RtpPacket {
+        RtpPacket::try_new(crate::rtp::tests::rtp(seq, ts, 188)).unwrap()
+    }
+
+    fn cfg(legs: usize) -> MergerConfig {
+        MergerConfig {
+            legs,
+            window: ms(50),
+            capacity: 256,
+            leg_timeout: ms(200),
+        }
+    }
+
+    fn drain(m: &mut Merger, now: Instant) -> Vec<u16> {
+        std::iter::from_fn(|| m.poll_output(now))
+            .map(|p| p.seq.0)
+            .collect()
+    }
+
+    fn events(m: &mut Merger) -> Vec<Event> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    #[test]
+    fn module_never_reads_the_clock() {
+        let needle = concat!("Instant", "::now");
+        assert!(!include_str!("seq2022_7.rs").contains(needle));
+    }
+
+    #[test]
+    fn in_order_is_forwarded_with_zero_added_latency() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for i in 0..100u16 {
+            let now = t0 + ms(i as u64);
+            assert_eq!(m.push(now, A, rtp(i, i as u32 * 90)), Pushed::Forwarded);
+            assert_eq!(drain(&mut m, now), vec![i], "released at its own arrival");
+            if i >= 30 {
+                let j = i - 30;
+                assert_eq!(m.push(now, B, rtp(j, j as u32 * 90)), Pushed::Duplicate);
+                assert!(drain(&mut m, now).is_empty());
+            }
+            // Only leg timers are armed: nothing is being waited for.
+            assert!(m.poll_timeout().unwrap() >= now + ms(170));
+        }
+        let s = m.stats();
+        assert_eq!(
+            (s.output, s.duplicates, s.unrecovered, s.late),
+            (100, 70, 0, 0)
+        );
+        assert_eq!(s.legs[1].duplicates, 70);
+    }
+
+    #[test]
+    fn first_packet_starts_the_stream_without_waiting_for_other_legs() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(3));
+        assert_eq!(m.poll_timeout(), None);
+        assert_eq!(m.push(t0, B, rtp(1000, 0)), Pushed::Forwarded);
+        assert_eq!(drain(&mut m, t0), vec![1000]);
+        // An older packet from another leg after the start is late.
+        assert_eq!(m.push(t0 + ms(5), A, rtp(999, 0)), Pushed::Late);
+        assert_eq!(m.stats().legs[0].late, 1);
+    }
+
+    #[test]
+    fn gap_is_filled_by_the_other_leg() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for (i, s) in [0u16, 1, 3, 4].into_iter().enumerate() {
+            m.push(t0 + ms(i as u64), A, rtp(s, 0));
+        }
+        assert_eq!(drain(&mut m, t0 + ms(3)), vec![0, 1]);
+        // B trails by 30 ms and has 2.
+        assert_eq!(m.push(t0 + ms(30), B, rtp(0, 0)), Pushed::Duplicate);
+        assert_eq!(m.push(t0 + ms(31), B, rtp(1, 0)), Pushed::Duplicate);
+        assert_eq!(m.push(t0 + ms(32), B, rtp(2, 0)), Pushed::Forwarded);
+        assert_eq!(drain(&mut m, t0 + ms(32)), vec![2, 3, 4]);
+        assert_eq!(m.push(t0 + ms(33), B, rtp(3, 0)), Pushed::Duplicate);
+        let s = m.stats();
+        assert_eq!((s.output, s.unrecovered, s.duplicates), (5, 0, 3));
+        assert_eq!((s.legs[1].recovered, s.legs[0].recovered), (1, 0));
+        assert!(events(&mut m).is_empty());
+    }
+
+    #[test]
+    fn gap_expires_after_exactly_the_window() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(0, 0));
+        m.push(t0, B, rtp(0, 0)); // B is live and has not passed 2: worth waiting for.
+        m.push(t0 + ms(1), A, rtp(1, 0));
+        assert_eq!(m.push(t0 + ms(3), A, rtp(3, 0)), Pushed::Queued);
+        assert_eq!(m.push(t0 + ms(4), A, rtp(4, 0)), Pushed::Queued);
+        assert_eq!(drain(&mut m, t0 + ms(4)), vec![0, 1]);
+        // Noticed when 3 arrived: the deadline is 3 ms + window.
+        let deadline = t0 + ms(3) + ms(50);
+        assert_eq!(m.poll_timeout(), Some(deadline));
+        m.handle_timeout(deadline - Duration::from_nanos(1));
+        assert!(drain(&mut m, deadline).is_empty());
+        m.handle_timeout(deadline);
+        assert_eq!(drain(&mut m, deadline), vec![3, 4]);
+        assert_eq!(m.stats().unrecovered, 1);
+        assert_eq!(
+            events(&mut m),
+            vec![Event::Gap {
+                first: ExtSeq(2),
+                count: 1
+            }]
+        );
+        // The packet after its gap was given up is late.
+        assert_eq!(m.push(deadline + ms(1), B, rtp(2, 0)), Pushed::Late);
+        assert_eq!(m.stats().late, 1);
+        assert_eq!(m.stats().legs[1].late, 1);
+    }
+
+    #[test]
+    fn multi_packet_gap_waits_from_the_first_packet_after_it() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(10, 0));
+        m.push(t0, B, rtp(10, 0));
+        m.push(t0 + ms(2), A, rtp(14, 0)); // 11..=13 missing, noticed at 2 ms
+        m.push(t0 + ms(20), B, rtp(11, 0)); // partly filled
+        assert_eq!(drain(&mut m, t0 + ms(20)), vec![10, 11]);
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(52)));
+        m.handle_timeout(t0 + ms(52));
+        assert_eq!(drain(&mut m, t0 + ms(52)), vec![14]);
+        assert_eq!(
+            events(&mut m),
+            vec![Event::Gap {
+                first: ExtSeq(12),
+                count: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn lost_leg_costs_no_added_latency() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(0, 0));
+        m.push(t0, B, rtp(0, 0));
+        // B falls silent; A keeps going. B is declared lost after leg_timeout.
+        for i in 1..=250u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, 0));
+        }
+        assert_eq!(events(&mut m), vec![Event::LegLost { leg: B }]);
+        assert!(m.stats().legs[1].lost);
+        // A gap now is given up at once: nobody else could fill it.
+        assert_eq!(m.push(t0 + ms(252), A, rtp(252, 0)), Pushed::Forwarded);
+        assert_eq!(*drain(&mut m, t0 + ms(252)).last().unwrap(), 252);
+        assert_eq!(m.stats().unrecovered, 1);
+        assert_eq!(
+            events(&mut m),
+            vec![Event::Gap {
+                first: ExtSeq(251),
+                count: 1
+            }]
+        );
+        // B comes back.
+        assert_eq!(m.push(t0 + ms(253), B, rtp(253, 0)), Pushed::Forwarded);
+        assert_eq!(events(&mut m), vec![Event::LegBack { leg: B }]);
+        assert!(!m.stats().legs[1].lost);
+    }
+
+    #[test]
+    fn leg_lost_by_timer_releases_a_waiting_gap() {
+        let t0 = base();
+        let mut m = Merger::new(MergerConfig {
+            window: ms(500),
+            ..cfg(2)
+        });
+        m.push(t0, A, rtp(0, 0));
+        m.push(t0, B, rtp(0, 0));
+        m.push(t0 + ms(150), A, rtp(2, 0));
+        // B last seen at 0: lost at 200 ms, earlier than the gap deadline (650 ms).
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(200)));
+        m.handle_timeout(t0 + ms(200));
+        assert_eq!(drain(&mut m, t0 + ms(200)), vec![0, 2]);
+        assert_eq!(
+            events(&mut m),
+            vec![
+                Event::LegLost { leg: B },
+                Event::Gap {
+                    first: ExtSeq(1),
+                    count: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn gap_every_leg_has_passed_is_given_up_at_once() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(0, 0));
+        assert_eq!(m.push(t0 + ms(1), A, rtp(2, 0)), Pushed::Queued);
+        m.push(t0 + ms(20), B, rtp(0, 0));
+        // B skips 1 as well: nobody can deliver it.
+        assert_eq!(m.push(t0 + ms(21), B, rtp(2, 0)), Pushed::Duplicate);
+        assert_eq!(drain(&mut m, t0 + ms(21)), vec![0, 2]);
+        assert_eq!(m.stats().unrecovered, 1);
+    }
+
+    #[test]
+    fn sequence_wrap_is_seamless() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        let seqs: Vec<u16> = (65_530..=65_535).chain(0..6).collect();
+        for (i, &s) in seqs.iter().enumerate() {
+            if s != 65_535 && s != 1 {
+                m.push(t0 + ms(i as u64), A, rtp(s, i as u32 * 90));
+            }
+        }
+        for (i, &s) in seqs.iter().enumerate() {
+            m.push(t0 + ms(30 + i as u64), B, rtp(s, i as u32 * 90));
+        }
+        assert_eq!(drain(&mut m, t0 + ms(50)), seqs);
+        let s = m.stats();
+        assert_eq!(
+            (s.unrecovered, s.resyncs, s.late, s.legs[1].recovered),
+            (0, 0, 0, 2)
+        );
+    }
+
+    #[test]
+    fn ssrc_change_resyncs_at_once_and_lagging_old_packets_are_late() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for i in 0..10u16 {
+            m.push(t0 + ms(i as u64), A, rtp(100 + i, 0));
+        }
+        for i in 0..5u16 {
+            m.push(t0 + ms(30 + i as u64), B, rtp(100 + i, 0));
+        }
+        // The sender restarts: new SSRC, new sequence base, new timestamps. A sees it first.
+        let new = |s: u16| rtp_ssrc(40_000 + s, 7_777_777, 0xdead_beef, 188);
+        assert_eq!(m.push(t0 + ms(40), A, new(0)), Pushed::Forwarded);
+        assert_eq!(m.push(t0 + ms(41), A, new(1)), Pushed::Forwarded);
+        // B still delivers the tail of the old stream: late, no flip back.
+        for i in 5..10u16 {
+            assert_eq!(
+                m.push(t0 + ms(41 + i as u64), B, rtp(100 + i, 0)),
+                Pushed::Late
+            );
+        }
+        assert_eq!(m.push(t0 + ms(70), B, new(0)), Pushed::Duplicate);
+        assert_eq!(m.push(t0 + ms(71), B, new(1)), Pushed::Duplicate);
+        assert_eq!(m.push(t0 + ms(72), B, new(2)), Pushed::Forwarded);
+        let out = drain(&mut m, t0 + ms(72));
+        let want: Vec<u16> = (100..110).chain(40_000..40_003).collect();
+        assert_eq!(out, want);
+        let s = m.stats();
+        assert_eq!((s.resyncs, s.late, s.unrecovered), (1, 5, 0));
+        assert_eq!(
+            events(&mut m),
+            vec![Event::Resync {
+                leg: A,
+                from: ExtSeq(109),
+                to: ExtSeq(40_000)
+            }]
+        );
+    }
+
+    #[test]
+    fn restart_with_same_ssrc_far_jump_on_every_leg_resyncs() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for i in 0..10u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, i as u32 * 90));
+            m.push(t0 + ms(i as u64), B, rtp(i, i as u32 * 90));
+        }
+        // Sender restarts at seq 30000 with a fresh random timestamp (same fixed SSRC).
+        let ts = 3_000_000_000u32;
+        assert_eq!(m.push(t0 + ms(20), A, rtp(30_000, ts)), Pushed::Late);
+        assert_eq!(m.stats().suspect, 1);
+        // The other leg shows the same jump: confirmed on every leg.
+        assert_eq!(m.push(t0 + ms(20), B, rtp(30_000, ts)), Pushed::Forwarded);
+        assert_eq!(m.push(t0 + ms(21), A, rtp(30_001, ts)), Pushed::Forwarded);
+        assert_eq!(m.push(t0 + ms(21), B, rtp(30_001, ts)), Pushed::Duplicate);
+        // Old data from before the restart is late, never a flip back.
+        assert_eq!(m.push(t0 + ms(22), B, rtp(9, 9 * 90)), Pushed::Late);
+        let out = drain(&mut m, t0 + ms(22));
+        assert_eq!(out, (0..10).chain([30_000, 30_001]).collect::<Vec<_>>());
+        assert_eq!(m.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn restart_seen_on_one_leg_resyncs_after_a_consistent_run() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for i in 0..10u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, i as u32 * 90));
+        }
+        // Only A carries the restarted stream for now (B is 30 ms behind: still old data).
+        // A fresh random timestamp: not "old" relative to the current one.
+        let ts = 2_000_000_000;
+        for k in 0..RESYNC_RUN as u16 {
+            // B's old packets do not cancel a run B has no part in.
+            assert_eq!(
+                m.push(t0 + ms(20 + k as u64), B, rtp(k, k as u32 * 90)),
+                Pushed::Duplicate
+            );
+            let r = m.push(t0 + ms(20 + k as u64), A, rtp(50_000 + k, ts));
+            let want = if k + 1 == RESYNC_RUN as u16 {
+                Pushed::Forwarded
+            } else {
+                Pushed::Late
+            };
+            assert_eq!(r, want, "packet {k} of the run");
+        }
+        assert_eq!(m.stats().resyncs, 1);
+        assert_eq!(m.stats().suspect, RESYNC_RUN as u64 - 1);
+        // B's remaining old packets are late.
+        assert_eq!(m.push(t0 + ms(40), B, rtp(9, 9 * 90)), Pushed::Late);
+        assert_eq!(m.push(t0 + ms(41), A, rtp(50_008, ts)), Pushed::Forwarded);
+    }
+
+    #[test]
+    fn a_stray_packet_far_outside_the_window_is_ignored() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        for i in 0..20u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, i as u32 * 90));
+            if i == 10 {
+                assert_eq!(m.push(t0 + ms(i as u64), B, rtp(20_000, 5)), Pushed::Late);
+            }
+        }
+        assert_eq!(drain(&mut m, t0 + ms(20)), (0..20).collect::<Vec<_>>());
+        let s = m.stats();
+        assert_eq!((s.resyncs, s.suspect, s.unrecovered), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_leg_lagging_beyond_capacity_with_old_timestamps_is_late_not_a_restart() {
+        let t0 = base();
+        let mut m = Merger::new(MergerConfig {
+            capacity: 64,
+            ..cfg(2)
+        });
+        let mut out = 0;
+        for i in 0..1000u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, i as u32 * 90));
+            out += drain(&mut m, t0 + ms(i as u64)).len();
+            if i >= 500 {
+                // B is 500 packets (far more than capacity) behind.
+                let j = i - 500;
+                assert_eq!(
+                    m.push(t0 + ms(i as u64), B, rtp(j, j as u32 * 90)),
+                    Pushed::Late
+                );
+            }
+        }
+        let s = m.stats();
+        assert_eq!((s.resyncs, s.suspect, s.late, s.output), (0, 0, 500, 1000));
+        assert_eq!(out, 1000);
+    }
+
+    #[test]
+    fn duplicates_and_late_are_counted_per_leg() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(0, 0));
+        assert_eq!(m.push(t0, A, rtp(0, 0)), Pushed::Duplicate); // same leg twice
+        assert_eq!(m.push(t0, B, rtp(0, 0)), Pushed::Duplicate);
+        m.push(t0 + ms(1), A, rtp(2, 0));
+        assert_eq!(m.push(t0 + ms(2), B, rtp(2, 0)), Pushed::Duplicate); // held copy
+        // Both legs passed 1: given up; the late copy afterwards is late.
+        assert_eq!(m.push(t0 + ms(3), B, rtp(1, 0)), Pushed::Late);
+        let s = m.stats();
+        assert_eq!((s.duplicates, s.late, s.unrecovered), (3, 1, 1));
+        assert_eq!(
+            (s.legs[0].duplicates, s.legs[1].duplicates, s.legs[1].late),
+            (1, 2, 1)
+        );
+        assert_eq!((s.legs[0].packets, s.legs[1].packets), (3, 3));
+    }
+
+    #[test]
+    fn path_differential_reads_the_delay_of_the_trailing_leg() {
+        let mut sim = Sim::new(MergerConfig {
+            legs: 2,
+            window: ms(100),
+            capacity: 1024,
+            leg_timeout: ms(500),
+        });
+        let legs = [LegScript::delayed(ms(2)), LegScript::delayed(ms(32))];
+        sim.send(
+            Duration::ZERO,
+            Duration::from_micros(526),
+            2000,
+            0,
+            0,
+            SSRC,
+            &legs,
+        );
+        sim.run();
+        let s = sim.merger.stats();
+        let b = s.legs[1].path_differential.as_secs_f64() * 1e3;
+        let a = s.legs[0].path_differential.as_secs_f64() * 1e3;
+        assert!((b - 30.0).abs() < 0.5, "B trails by {b} ms");
+        assert!(a < 0.5, "A reads {a} ms");
+        assert_eq!(s.output, 2000);
+    }
+
+    #[test]
+    fn recovered_counts_holes_filled_for_another_live_leg() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        // A leads by 30 ms and loses 5; B trails and loses 7.
+        for i in 0..10u16 {
+            if i != 5 {
+                m.push(t0 + ms(i as u64), A, rtp(i, 0));
+            }
+        }
+        for i in 0..10u16 {
+            if i != 7 {
+                m.push(t0 + ms(30 + i as u64), B, rtp(i, 0));
+            }
+        }
+        let s = m.stats();
+        // B filled A's hole at 5. A's 7 was first while B had not got there: not a recovery.
+        assert_eq!((s.legs[0].recovered, s.legs[1].recovered), (0, 1));
+        assert_eq!(drain(&mut m, t0 + ms(40)), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn overflow_forces_the_oldest_out_and_memory_stays_bounded() {
+        let t0 = base();
+        let mut m = Merger::new(MergerConfig {
+            capacity: 16,
+            window: ms(10_000),
+            ..cfg(2)
+        });
+        assert_eq!(m.ring.len(), 16);
+        m.push(t0, A, rtp(0, 0));
+        m.push(t0, B, rtp(0, 0)); // B live, never passes 1: the gap would wait 10 s
+        let mut out = drain(&mut m, t0);
+        for i in 2..100u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, 0));
+            out.extend(drain(&mut m, t0 + ms(i as u64)));
+            assert!(
+                m.top + 1 - m.out_next <= m.cap,
+                "tracked positions stay within capacity"
+            );
+        }
+        assert_eq!(m.ring.len(), 16, "never grows");
+        let s = m.stats();
+        assert_eq!((s.overflow, s.unrecovered), (1, 1));
+        assert_eq!(out, [0].into_iter().chain(2..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn unpolled_output_is_bounded_too() {
+        let t0 = base();
+        let mut m = Merger::new(MergerConfig {
+            capacity: 16,
+            ..cfg(1)
+        });
+        for i in 0..40u16 {
+            m.push(t0, A, rtp(i, 0));
+        }
+        let out = drain(&mut m, t0);
+        assert_eq!(out, (24..40).collect::<Vec<_>>());
+        assert_eq!(m.stats().overflow, 24);
+    }
+
+    #[test]
+    fn three_legs_each_losing_different_packets() {
+        let mut sim = Sim::new(MergerConfig {
+            legs: 3,
+            window: ms(60),
+            capacity: 1024,
+            leg_timeout: ms(500),
+        });
+        let legs = [
+            LegScript::delayed(ms(1)).losing(|i| i % 3 == 1),
+            LegScript::delayed(ms(10)).losing(|i| i % 3 == 2),
+            LegScript::delayed(ms(40)).losing(|i| i % 3 == 0),
+        ];
+        sim.send(Duration::ZERO, ms(1), 600, 65_000, 0, SSRC, &legs);
+        sim.run();
+        let want: Vec<u16> = (0..600u16).map(|i| 65_000u16.wrapping_add(i)).collect();
+        assert_eq!(sim.out_seqs(), want);
+        let s = sim.merger.stats();
+        assert_eq!(s.unrecovered, 0);
+        assert!(
+            s.legs[1].recovered > 150,
+            "leg 1 fills leg 0's holes: {}",
+            s.legs[1].recovered
+        );
+    }
+
+    #[test]
+    fn sim_realistic_loss_and_skew() {
+        let mut sim = Sim::new(MergerConfig {
+            legs: 2,
+            window: ms(100),
+            capacity: 4096,
+            leg_timeout: ms(500),
+        });
+        let lost_a = |i: u64| (i * 7919) % 100 == 3;
+        let lost_b = |i: u64| (i * 104_729) % 97 == 5;
+        let legs = [
+            LegScript::delayed(ms(5)).losing(lost_a),
+            LegScript::delayed(ms(35)).losing(lost_b),
+        ];
+        let n = 5000;
+        sim.send(
+            Duration::ZERO,
+            Duration::from_micros(526),
+            n,
+            60_000,
+            0,
+            SSRC,
+            &legs,
+        );
+        sim.run();
+        let both: Vec<u64> = (0..n).filter(|&i| lost_a(i) && lost_b(i)).collect();
+        let want: Vec<u16> = (0..n)
+            .filter(|i| !both.contains(i))
+            .map(|i| 60_000u16.wrapping_add(i as u16))
+            .collect();
+        assert_eq!(sim.out_seqs(), want);
+        let s = sim.merger.stats();
+        assert_eq!(s.unrecovered, both.len() as u64);
+        assert_eq!(
+            s.legs[1].recovered,
+            (0..n).filter(|&i| lost_a(i) && !lost_b(i)).count() as u64
+        );
+        // Zero added latency in order: packets A delivered in order leave when A delivers them.
+        let first = sim.out[0].0;
+        assert_eq!(first, sim.base + ms(5));
+    }
+
+    #[test]
+    fn sim_reorder_within_a_leg_is_covered_while_the_other_leg_trails() {
+        let mut sim = Sim::new(MergerConfig {
+            legs: 2,
+            window: ms(50),
+            capacity: 1024,
+            leg_timeout: ms(500),
+        });
+        // A swaps every pair after the first packet (2 before 1, 4 before 3, ...); B is 20 ms
+        // behind, in order.
+        let legs = [
+            LegScript::delayed(ms(1)).jitter(|i| if i % 2 == 1 { ms(2) } else { Duration::ZERO }),
+            LegScript::delayed(ms(20)),
+        ];
+        sim.send(Duration::ZERO, ms(1), 300, 0, 0, SSRC, &legs);
+        sim.run();
+        assert_eq!(sim.out_seqs(), (0..300).collect::<Vec<_>>());
+        assert_eq!(sim.merger.stats().unrecovered, 0);
+    }
+
+    #[test]
+    fn events_report_lost_and_back_legs_in_the_sim() {
+        let mut sim = Sim::new(MergerConfig {
+            legs: 2,
+            window: ms(50),
+            capacity: 1024,
+            leg_timeout: ms(100),
+        });
+        // B is down from packet 100 to 399 (300 ms at 1 ms spacing).
+        let legs = [
+            LegScript::delayed(ms(1)),
+            LegScript::delayed(ms(5)).losing(|i| (100..400).contains(&i)),
+        ];
+        sim.send(Duration::ZERO, ms(1), 600, 0, 0, SSRC, &legs);
+        sim.run();
+        let lost_back: Vec<&Event> = sim
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::LegLost { .. } | Event::LegBack { .. }))
+            .collect();
+        assert_eq!(
+            lost_back[..2],
+            [&Event::LegLost { leg: B }, &Event::LegBack { leg: B }],
+            "then both are lost at the end: {lost_back:?}"
+        );
+        assert_eq!(sim.out_seqs(), (0..600).collect::<Vec<_>>());
+    }
 }
