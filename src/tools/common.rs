@@ -4,6 +4,13 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The tools are glue: this is where they read the clock.
+#[allow(clippy::disallowed_methods)]
+#[inline]
+pub fn clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// A flag raised by the first SIGINT (Ctrl-C); a second one exits at once with status 130.
 /// The handler runs on a helper thread with a tiny tokio runtime, so the tools' loops stay
 /// plain blocking code that checks the flag.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 
-use super::common::{ctrl_c_flag, status_bar};
+use super::common::{clock, ctrl_c_flag, status_bar};
 use crate::net::mmsg::{Datagram, SlabPool, recv_batch};
 use crate::rtp::{ExtSeq, PT_MP2T, RtpPacket, SeqNum};
 use crate::ts::{ContinuityCheck, PACKET_LEN, packets, validate_payload};
@@ -299,6 +299,16 @@ pub fn recv(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<RecvSummary> {
     let url = StreamUrl::parse(&args.url)?;
+    recv_url(&url, args, stop, on_ready)
+}
+
+/// [`recv`] on an already parsed URL (tests use port 0, which URLs do not allow).
+pub fn recv_url(
+    url: &StreamUrl,
+    args: &RecvArgs,
+    stop: &AtomicBool,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<RecvSummary> {
     if !url.is_network() {
         bail!("recv needs a udp:// or rtp:// URL, not {url}");
     }
@@ -309,12 +319,14 @@ pub fn recv(
             bail!("{name} must be a positive number of seconds");
         }
     }
-    let rs = crate::net::open_recv(&url, args.rcvbuf)?;
-    // Linux reports twice the usable size.
-    if rs.granted_recv_buffer < args.rcvbuf {
+    let rs = crate::net::open_recv(url, args.rcvbuf)?;
+    // Linux reports twice the usable size. Only a small buffer is worth a warning: the
+    // default asks for more than most kernels allow.
+    let usable = rs.granted_recv_buffer / 2;
+    if usable < args.rcvbuf.min(1 << 20) {
         tracing::warn!(
             asked = args.rcvbuf,
-            granted = rs.granted_recv_buffer,
+            usable,
             "receive buffer capped by the kernel: raise net.core.rmem_max to avoid drops at high rates"
         );
     }
@@ -325,7 +337,7 @@ pub fn recv(
     let mut out = BufWriter::with_capacity(1 << 20, file);
     on_ready(sock.local_addr()?);
 
-    let start = Instant::now();
+    let start = clock();
     let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d));
     let idle = args.idle.map(Duration::from_secs_f64);
     let mut cap = Capture::new(url.scheme);
@@ -335,7 +347,7 @@ pub fn recv(
     let mut next_status = start;
     const POLL: Duration = Duration::from_millis(50);
     let stopped_by = 'outer: loop {
-        let now = Instant::now();
+        let now = clock();
         if stop.load(Ordering::Relaxed) {
             break "signal";
         }
@@ -392,10 +404,16 @@ pub fn recv(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("receiving"),
         }
-        let now = Instant::now();
+        let now = clock();
         for d in batch.drain(..) {
             if args.count.is_some_and(|c| cap.datagrams() >= c) {
                 break;
+            }
+            if let Some(src) = url.source
+                && d.from.ip() != src
+            {
+                // source= means "only this sender": others are not part of the stream.
+                continue;
             }
             if d.truncated {
                 cap.sum.datagrams += 1;
@@ -470,4 +488,138 @@ pub fn summary_text(s: &RecvSummary) -> String {
     }
     t += &format!("; stopped by {}", s.stopped_by);
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::{FIXED_HEADER_LEN, write_header};
+    use crate::ts::tests::ts;
+    use std::net::UdpSocket;
+
+    fn rtp(seq: u16, cc: u8) -> Vec<u8> {
+        let mut h = [0u8; FIXED_HEADER_LEN];
+        write_header(&mut h, PT_MP2T, seq, u32::from(seq) * 100, 0xabcd);
+        let mut v = h.to_vec();
+        v.extend_from_slice(&ts(0x100, cc));
+        v
+    }
+
+    fn args(out: PathBuf, count: u64) -> RecvArgs {
+        RecvArgs {
+            url: String::new(),
+            out,
+            duration: None,
+            count: Some(count),
+            idle: None,
+            json: true,
+            rcvbuf: 1 << 20,
+        }
+    }
+
+    fn local(scheme: Scheme) -> StreamUrl {
+        StreamUrl {
+            scheme,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            iface: None,
+            source: None,
+            ttl: None,
+            path: None,
+        }
+    }
+
+    /// Run `recv` on an ephemeral port, send `dgrams` to it, return the summary and file.
+    fn capture(scheme: Scheme, dgrams: &[Vec<u8>]) -> (RecvSummary, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cap.ts");
+        let a = args(out.clone(), dgrams.len() as u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            recv_url(&local(scheme), &a, &AtomicBool::new(false), |addr| {
+                tx.send(addr).unwrap()
+            })
+        });
+        let addr = rx.recv().unwrap();
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for d in dgrams {
+            s.send_to(d, addr).unwrap();
+        }
+        let sum = h.join().unwrap().unwrap();
+        (sum, std::fs::read(&out).unwrap())
+    }
+
+    #[test]
+    fn rtp_gaps_reordering_duplicates_and_malformed() {
+        let mut bad = rtp(99, 0);
+        bad[0] = 0x40; // RTP version 1
+        let dgrams = vec![
+            rtp(65_534, 0),
+            rtp(65_535, 1),
+            rtp(1, 3),
+            rtp(0, 2),
+            rtp(1, 3),
+            bad,
+            rtp(2, 4),
+        ];
+        let (s, file) = capture(Scheme::Rtp, &dgrams);
+        assert_eq!(s.stopped_by, "count");
+        assert_eq!((s.datagrams, s.ts_packets, s.bytes), (7, 6, 6 * 188));
+        assert_eq!(s.malformed, 1);
+        assert_eq!(s.malformed_reasons.get("rtp_bad_version"), Some(&1));
+        // CC 0 1 3 2 3 4: 1→3 and 3→2 are errors; the second 3 follows 2 and 4 follows it.
+        assert_eq!(s.cc_errors, 2);
+        let r = s.rtp.unwrap();
+        assert_eq!((r.ssrc, r.first_seq, r.last_seq), (0xabcd, 65_534, 2));
+        assert_eq!((r.expected, r.received, r.missing), (5, 5, 0));
+        assert_eq!((r.gaps, r.out_of_order, r.duplicates), (1, 1, 1));
+        let want: Vec<u8> = [0u8, 1, 3, 2, 3, 4]
+            .iter()
+            .flat_map(|&cc| ts(0x100, cc))
+            .collect();
+        assert_eq!(file, want);
+    }
+
+    #[test]
+    fn rtp_missing_packets_are_counted() {
+        let dgrams: Vec<_> = [10u16, 11, 15, 16, 20]
+            .iter()
+            .map(|&s| rtp(s, s as u8))
+            .collect();
+        let (s, _) = capture(Scheme::Rtp, &dgrams);
+        let r = s.rtp.unwrap();
+        assert_eq!((r.expected, r.received, r.missing, r.gaps), (11, 5, 6, 2));
+    }
+
+    #[test]
+    fn udp_is_written_as_is_and_bad_lengths_are_malformed() {
+        let good: Vec<u8> = (0..7).flat_map(|cc| ts(0x44, cc)).collect();
+        let (s, file) = capture(
+            Scheme::Udp,
+            &[good.clone(), good[..300].to_vec(), good.clone()],
+        );
+        assert_eq!((s.datagrams, s.ts_packets, s.malformed), (3, 14, 1));
+        assert_eq!(s.malformed_reasons.get("ts_bad_length"), Some(&1));
+        assert!(s.rtp.is_none());
+        assert_eq!(s.cc_errors, 1); // 6 → 0 at the repeat of the same datagram
+        assert_eq!(file, [good.clone(), good].concat());
+        let text = summary_text(&s);
+        assert!(
+            text.contains("3 datagrams") && text.contains("malformed datagrams 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn capture_is_sans_io() {
+        let t0 = clock();
+        let mut c = Capture::new(Scheme::Rtp);
+        assert!(c.push(t0, Bytes::from(rtp(1, 0))).is_some());
+        assert!(
+            c.push(t0 + Duration::from_millis(500), Bytes::from(rtp(2, 1)))
+                .is_some()
+        );
+        let s = c.summary();
+        assert_eq!(s.duration_s, 0.5);
+        assert_eq!(s.bitrate_bps, 2.0 * 188.0 * 8.0 / 0.5);
+    }
 }

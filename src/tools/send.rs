@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use socket2::SockAddr;
 
-use super::common::{ctrl_c_flag, parse_bitrate, status_bar};
+use super::common::{clock, ctrl_c_flag, parse_bitrate, status_bar};
 use super::impair::{self, ImpairSpec, LegImpairment};
 use super::pace::{self, Schedule, Timeline};
 use super::sendmmsg::{self, Msg};
@@ -303,7 +303,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<()> {
 
 /// The whole send, stoppable through `stop`; returns (and writes, with --report) the report.
 pub fn send(args: &SendArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
-    if !(args.speed > 0.0) {
+    if args.speed.is_nan() || args.speed <= 0.0 {
         bail!("--speed must be greater than 0 (e.g. 1, 4, inf)");
     }
     if args.speed.is_infinite() && args.duration.is_some() {
@@ -373,7 +373,7 @@ pub fn send(args: &SendArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         });
     }
 
-    let started = Instant::now();
+    let started = clock();
     let completed = pump(&plan, &mut legs, started, stop)?;
     let elapsed = started.elapsed();
 
@@ -412,7 +412,7 @@ fn pump(
             }
             return Ok(false);
         }
-        let now = Instant::now();
+        let now = clock();
         let mut next_due: Option<Instant> = None;
         for (leg, &rtp) in legs.iter_mut().zip(&is_rtp) {
             loop {
@@ -465,7 +465,7 @@ fn pump(
             b.set_message(status_message(legs, now - start));
         }
         if let Some(due) = next_due {
-            let now = Instant::now();
+            let now = clock();
             if due > now {
                 let gap = due - now;
                 if gap >= SPIN_BELOW {
@@ -582,7 +582,7 @@ fn build_report(
         first_seq: any_rtp.then_some(plan.first_seq),
         ssrc: any_rtp.then_some(plan.ssrc),
         first_timestamp: any_rtp.then_some(plan.first_ts),
-        lost_on_all_legs: if legs.len() > 0 && legs.iter().all(|l| l.next == total) {
+        lost_on_all_legs: if !legs.is_empty() && legs.iter().all(|l| l.next == total) {
             impair::lost_on_all(&lists)
         } else {
             // Interrupted with legs at different points: only indices every leg reached.
@@ -650,4 +650,302 @@ pub fn summary_line(r: &Report) -> String {
         legs.join("; "),
         r.lost_on_all_legs.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::Arc;
+
+    /// Ticks per 188-byte packet at 2 Mbit/s.
+    const TICKS_PER_PACKET: u64 = 188 * 8 * 27_000_000 / 2_000_000;
+
+    /// A TS packet on PID 0x100 with continuity counter `cc`, its index in the payload, and
+    /// a PCR when `pcr` is given.
+    fn packet(index: u32, cc: u8, pcr: Option<u64>) -> [u8; PACKET_LEN] {
+        let mut p = crate::ts::tests::ts(0x100, cc);
+        if let Some(pcr) = pcr {
+            p[3] = 0x30 | (cc & 0x0f);
+            p[4] = 7;
+            p[5] = 0x10;
+            let (base, ext) = (pcr / 300, pcr % 300);
+            p[6] = (base >> 25) as u8;
+            p[7] = (base >> 17) as u8;
+            p[8] = (base >> 9) as u8;
+            p[9] = (base >> 1) as u8;
+            p[10] = ((base & 1) << 7) as u8 | 0x7e | (ext >> 8) as u8;
+            p[11] = ext as u8;
+        }
+        p[12..16].copy_from_slice(&index.to_be_bytes());
+        p
+    }
+
+    /// `n` packets at 2 Mbit/s with a PCR every 10 packets (starting near the PCR wrap).
+    fn ts_file(n: u32, with_pcr: bool) -> Vec<u8> {
+        let start = PCR_MODULUS_NEAR_WRAP;
+        (0..n)
+            .flat_map(|i| {
+                let pcr = (with_pcr && i % 10 == 0)
+                    .then(|| (start + u64::from(i) * TICKS_PER_PACKET) % pace::PCR_MODULUS);
+                packet(i, i as u8, pcr)
+            })
+            .collect()
+    }
+    const PCR_MODULUS_NEAR_WRAP: u64 = pace::PCR_MODULUS - 27_000_000 / 2;
+
+    fn args(file: &Path, to: Vec<String>) -> SendArgs {
+        SendArgs {
+            file: file.to_owned(),
+            to,
+            seed: 7,
+            bitrate: None,
+            speed: 1.0,
+            loops: 1,
+            duration: None,
+            pcr_pid: None,
+            ts_per_datagram: 7,
+            first_seq: None,
+            ssrc: None,
+            report: None,
+        }
+    }
+
+    /// A loopback receiver that collects datagrams until `stop` is raised and its queue is
+    /// empty (loopback delivery is synchronous: once `send` returned, everything is queued).
+    fn receiver(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+        s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        let addr = s.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(n) => got.push(buf[..n].to_vec()),
+                    Err(_) if stop.load(Ordering::Relaxed) => return got,
+                    Err(_) => {}
+                }
+            }
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn rejects_bad_input_with_clear_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let to = vec!["udp://127.0.0.1:9".to_owned()];
+
+        let missing = dir.path().join("missing.ts");
+        let e = format!(
+            "{:#}",
+            send(&args(&missing, to.clone()), &stop).unwrap_err()
+        );
+        assert!(e.contains("cannot read"), "{e}");
+
+        let junk = dir.path().join("junk.ts");
+        std::fs::write(&junk, vec![0u8; 188 * 3]).unwrap();
+        let e = format!("{:#}", send(&args(&junk, to.clone()), &stop).unwrap_err());
+        assert!(
+            e.contains("not an MPEG-TS file") && e.contains("0x47"),
+            "{e}"
+        );
+
+        let no_pcr = dir.path().join("nopcr.ts");
+        std::fs::write(&no_pcr, ts_file(70, false)).unwrap();
+        let e = format!("{:#}", send(&args(&no_pcr, to.clone()), &stop).unwrap_err());
+        assert!(e.contains("--bitrate"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            send(&args(&no_pcr, vec!["tcp://1.2.3.4:5".into()]), &stop).unwrap_err()
+        );
+        assert!(e.contains("tcp://1.2.3.4:5"), "{e}");
+        let e = format!(
+            "{:#}",
+            send(
+                &args(&no_pcr, vec!["udp://127.0.0.1:5?loss=x".into()]),
+                &stop
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("loss"), "{e}");
+    }
+
+    #[test]
+    fn destination_keeps_url_keys_and_strips_impairments() {
+        let (u, i) = parse_destination(
+            "rtp://239.1.1.1:5000?loss=2&ttl=4&outage=1+2&outage=5+1&iface=10.0.0.2",
+        )
+        .unwrap();
+        assert_eq!(u.ttl, Some(4));
+        assert_eq!(u.iface, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(i.loss_pct, 2.0);
+        assert_eq!(i.outages_ms, vec![(1.0, 2.0), (5.0, 1.0)]);
+    }
+
+    /// Two impaired RTP legs over loopback, two passes, sequence numbers wrapping: what each
+    /// socket receives is exactly what the report says.
+    #[test]
+    fn loopback_legs_match_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.ts");
+        let data = ts_file(2100, true); // 300 datagrams, 1.58 s at 2 Mbit/s
+        std::fs::write(&file, &data).unwrap();
+        let report_path = dir.path().join("report.json");
+        let stop_rx = Arc::new(AtomicBool::new(false));
+        let (a0, h0) = receiver(stop_rx.clone());
+        let (a1, h1) = receiver(stop_rx.clone());
+        let mut a = args(
+            &file,
+            vec![
+                format!("rtp://{a0}?loss=10&dup=5&reorder=5"),
+                format!("rtp://{a1}?burst=2:4&outage=200+100&delay=5"),
+            ],
+        );
+        a.speed = 30.0;
+        a.loops = 2;
+        a.first_seq = Some(65_500);
+        a.report = Some(report_path.clone());
+        let r = send(&a, &AtomicBool::new(false)).unwrap();
+        stop_rx.store(true, Ordering::Relaxed);
+        let got = [h0.join().unwrap(), h1.join().unwrap()];
+
+        let written: Report =
+            serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+        assert_eq!(written, r);
+        assert!(r.completed);
+        assert_eq!(
+            (r.datagrams_per_pass, r.passes, r.total_datagrams),
+            (300, 2, 600)
+        );
+        assert_eq!(r.pcr_pid, Some(0x100));
+        assert!(
+            (r.stream_bitrate_bps - 2_000_000.0).abs() < 1.0,
+            "{}",
+            r.stream_bitrate_bps
+        );
+        let first_seq = r.first_seq.unwrap();
+        let ssrc = r.ssrc.unwrap();
+        // Outage 200..300 ms of stream time: 2 Mbit/s is 1316×8 bits every 5.264 ms.
+        let outage: Vec<u64> = (0..600u64)
+            .filter(|&i| {
+                let t = i * 7 * TICKS_PER_PACKET;
+                (5_400_000..8_100_000).contains(&t)
+            })
+            .collect();
+        assert!(
+            outage
+                .iter()
+                .all(|i| r.legs[1].dropped.binary_search(i).is_ok())
+        );
+
+        let mut by_index: Vec<BTreeMap<u64, Vec<u8>>> = vec![BTreeMap::new(), BTreeMap::new()];
+        let mut prev_ts: Option<(u64, u32)> = None;
+        for (leg, (rep, dgrams)) in r.legs.iter().zip(&got).enumerate() {
+            assert_eq!(dgrams.len() as u64, rep.datagrams_sent);
+            assert_eq!(rep.datagrams_sent, 600 - rep.dropped_count + rep.duplicated);
+            assert_eq!(rep.dropped.len() as u64, rep.dropped_count);
+            let mut arrival = Vec::new();
+            let mut count: BTreeMap<u64, u32> = BTreeMap::new();
+            for d in dgrams {
+                let p = crate::rtp::RtpPacket::try_new(bytes::Bytes::copy_from_slice(d)).unwrap();
+                assert_eq!((p.payload_type, p.ssrc), (PT_MP2T, ssrc));
+                let idx = u64::from(p.seq.0.wrapping_sub(first_seq));
+                assert!(idx < 600);
+                // Payload is the file's datagram idx % 300, across both passes.
+                let k = (idx % 300) as usize * 7 * PACKET_LEN;
+                assert_eq!(
+                    p.payload_slice(),
+                    &data[k..(k + 7 * PACKET_LEN).min(data.len())]
+                );
+                *count.entry(idx).or_default() += 1;
+                arrival.push(idx);
+                by_index[leg].insert(idx, d.clone());
+            }
+            for i in 0..600u64 {
+                let want = if rep.dropped.binary_search(&i).is_ok() {
+                    0
+                } else if rep.duplicated_indices.binary_search(&i).is_ok() {
+                    2
+                } else {
+                    1
+                };
+                assert_eq!(
+                    count.get(&i).copied().unwrap_or(0),
+                    want,
+                    "leg {leg} index {i}"
+                );
+            }
+            // Apart from the reordered ones, datagrams arrive in index order.
+            let reordered: BTreeSet<u64> = rep.reordered_indices.iter().copied().collect();
+            let rest: Vec<u64> = arrival
+                .iter()
+                .copied()
+                .filter(|i| !reordered.contains(i))
+                .collect();
+            assert!(rest.windows(2).all(|w| w[0] <= w[1]));
+            if leg == 0 {
+                assert!(rep.reordered > 0 && rep.duplicated > 0 && rep.dropped_count > 20);
+            }
+            // RTP timestamps grow with the index, through the loop point.
+            for (&i, d) in &by_index[leg] {
+                let ts = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+                if let Some((pi, pts)) = prev_ts
+                    && pi < i
+                {
+                    assert!(
+                        ts.wrapping_sub(pts) > 0 && ts.wrapping_sub(pts) < 90_000,
+                        "{pi}->{i}"
+                    );
+                }
+                prev_ts = Some((i, ts));
+            }
+            prev_ts = None;
+        }
+        // Identical RTP datagrams on both legs (SMPTE 2022-7).
+        for (i, d) in &by_index[0] {
+            if let Some(d1) = by_index[1].get(i) {
+                assert_eq!(d, d1, "index {i}");
+            }
+        }
+        let lost: Vec<u64> = (0..600)
+            .filter(|i| !by_index[0].contains_key(i) && !by_index[1].contains_key(i))
+            .collect();
+        assert_eq!(r.lost_on_all_legs, lost);
+    }
+
+    #[test]
+    fn udp_bitrate_pacing_and_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.ts");
+        let data = ts_file(70, false); // 10 datagrams, no PCR
+        std::fs::write(&file, &data).unwrap();
+        let stop_rx = Arc::new(AtomicBool::new(false));
+        let (addr, h) = receiver(stop_rx.clone());
+        let mut a = args(&file, vec![format!("udp://{addr}")]);
+        // 100 Mbit/s: one pass is 70 × 1504 bits = 1.05 ms; 5 ms covers 4 passes and a bit.
+        a.bitrate = Some(100_000_000);
+        a.duration = Some(0.005);
+        let r = send(&a, &AtomicBool::new(false)).unwrap();
+        stop_rx.store(true, Ordering::Relaxed);
+        let got = h.join().unwrap();
+        assert_eq!(r.pacing, "bitrate");
+        assert_eq!(r.first_seq, None);
+        let per_pass_s = 70.0 * 1504.0 / 100e6;
+        let want = (0..)
+            .take_while(|&i: &u64| {
+                (i / 10) as f64 * per_pass_s + (i % 10) as f64 * 7.0 * 1504.0 / 100e6 < 0.005
+            })
+            .count();
+        assert_eq!(r.total_datagrams, want as u64);
+        assert_eq!(got.len() as u64, r.total_datagrams);
+        for (i, d) in got.iter().enumerate() {
+            let k = (i % 10) * 7 * PACKET_LEN;
+            assert_eq!(&d[..], &data[k..k + 7 * PACKET_LEN]);
+        }
+    }
 }
