@@ -25,10 +25,6 @@ use crate::url::{Scheme, StreamUrl};
 /// Arguments of `hitless recv`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    long_about = "Receive udp:// or rtp:// (unicast, or multicast with ?iface= and ?source=), write the TS \
-                  payload to a file (RTP headers stripped) and report datagrams, TS packets, bitrate, RTP \
-                  sequence gaps, TS continuity errors and malformed datagrams. Stops on --duration, \
-                  --count, --idle or Ctrl-C.",
     after_help = "EXAMPLES\n  hitless recv rtp://127.0.0.1:7000 --out /tmp/x.ts --idle 1\n  \
                   hitless recv 'rtp://239.1.1.1:5000?iface=10.0.0.2&source=10.0.0.1' --out cap.ts --duration 10 --json"
 )]

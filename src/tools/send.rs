@@ -59,12 +59,7 @@ REPORT (--report FILE.json)
 
 /// Arguments of `hitless send`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "Send an MPEG-TS file to one or more legs (udp:// or rtp://, unicast or multicast), paced by \
-                  the file's PCR or a constant --bitrate, with seeded per-leg impairments (loss, bursts, \
-                  outages, delay, reordering, duplication) written as URL query keys.",
-    after_help = AFTER_HELP
-)]
+#[command(after_help = AFTER_HELP)]
 pub struct SendArgs {
     /// MPEG-TS file to send (188-byte packets).
     pub file: PathBuf,
@@ -414,35 +409,31 @@ fn pump(
         }
         let now = clock();
         let mut next_due: Option<Instant> = None;
+        // One batch per leg per round, so that legs interleave even when a lot is due at
+        // once (high --speed) and Ctrl-C is seen between batches.
+        let mut more_due = false;
         for (leg, &rtp) in legs.iter_mut().zip(&is_rtp) {
-            loop {
-                batch.clear();
-                let mut more_due = false;
-                while leg.next < plan.total {
-                    if batch.len() > sendmmsg::BATCH - 4 {
-                        more_due = true;
-                        break;
-                    }
-                    let due = start + leg.delay + plan.offset(leg.next);
-                    if due > now {
-                        next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)));
-                        break;
-                    }
-                    let e = leg.imp.push(leg.next, plan.timeline.ticks(leg.next));
-                    batch.extend_from_slice(e.as_slice());
-                    leg.next += 1;
-                }
-                if leg.next >= plan.total && !leg.finished {
-                    batch.extend_from_slice(leg.imp.finish().as_slice());
-                    leg.finished = true;
-                }
-                if batch.is_empty() {
+            batch.clear();
+            while leg.next < plan.total {
+                if batch.len() > sendmmsg::BATCH - 4 {
+                    more_due = true;
                     break;
                 }
+                let due = start + leg.delay + plan.offset(leg.next);
+                if due > now {
+                    next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)));
+                    break;
+                }
+                let e = leg.imp.push(leg.next, plan.timeline.ticks(leg.next));
+                batch.extend_from_slice(e.as_slice());
+                leg.next += 1;
+            }
+            if leg.next >= plan.total && !leg.finished {
+                batch.extend_from_slice(leg.imp.finish().as_slice());
+                leg.finished = true;
+            }
+            if !batch.is_empty() {
                 transmit(plan, leg, rtp, &batch, &mut headers)?;
-                if !more_due {
-                    break;
-                }
             }
         }
         if legs.iter().all(|l| l.finished) {
@@ -463,6 +454,9 @@ fn pump(
                     .min(plan.total),
             );
             b.set_message(status_message(legs, now - start));
+        }
+        if more_due {
+            continue;
         }
         if let Some(due) = next_due {
             let now = clock();
