@@ -101,6 +101,34 @@ def cpu_seconds(pid):
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def context_switches(pid):
+    """Voluntary + involuntary context switches of every thread of `pid` so far (a
+    forwarder that sleeps and wakes per small batch pays for it in the kernel)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def udp_drops(ports):
+    """Datagrams the kernel dropped on each local UDP port (full receive buffer), from
+    /proc/net/udp: tells a forwarder that fell behind from a receiver that did."""
+    drops = dict.fromkeys(ports, 0)
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            port = int(cols[1].split(":")[1], 16)
+            if port in drops:
+                drops[port] += int(cols[-1])
+    return drops
+
+
 def gateway_config(tmp, ports, rate_mbps):
     a, b, out, http = ports
     # Merge buffer sized for the step's rate with headroom, as an operator would.
@@ -175,6 +203,7 @@ def run_step(kind, rate_mbps, args, tmp, step):
         wait_for_line(recv_log, "receiving on", recv, 15)
         time.sleep(0.2)
         u0, s0 = cpu_seconds(fwd.pid)
+        cs0 = context_switches(fwd.pid)
         t0 = time.monotonic()
         with open(send_log, "w") as lf:
             send = start(
@@ -192,6 +221,8 @@ def run_step(kind, rate_mbps, args, tmp, step):
         # Let the forwarder drain its socket buffers (milliseconds), then sample.
         time.sleep(0.3)
         u1, s1 = cpu_seconds(fwd.pid)
+        drops = udp_drops((a, b, out))
+        ctxsw = context_switches(fwd.pid) - cs0
         recv_ru = reap(recv, 40)
         if send.returncode != 0:
             raise RuntimeError(f"hitless send failed; see {send_log}")
@@ -224,6 +255,9 @@ def run_step(kind, rate_mbps, args, tmp, step):
         "lost": lost,
         "duplicates": dups,
         "out_of_order": rtp.get("out_of_order", 0),
+        # Kernel drops on the forwarder's two input sockets and on the receiver's socket.
+        "drops_in": drops[a] + drops[b],
+        "drops_out": drops[out],
         "loss_free": lost == 0 and dups == 0 and got["datagrams"] == total,
         "wire_mbps_per_leg": achieved,
         "send_wall_s": wall,
@@ -232,6 +266,8 @@ def run_step(kind, rate_mbps, args, tmp, step):
         "cpu_s": cpu,
         "cpu_s_per_mpkt_out": cpu / got["datagrams"] * 1e6 if got["datagrams"] else None,
         "cpu_s_per_mpkt_in": cpu / legs_in * 1e6 if legs_in else None,
+        "context_switches": ctxsw,
+        "ctxsw_per_kpkt_out": ctxsw / got["datagrams"] * 1e3 if got["datagrams"] else None,
         "sender_cpu_s": send_ru.ru_utime + send_ru.ru_stime,
         "recv_cpu_s": recv_ru.ru_utime + recv_ru.ru_stime,
     }
@@ -245,8 +281,9 @@ def print_row(r):
     print(
         f"{r['forwarder']:<8} {r['rate_mbps']:>6} {fmt(r['wire_mbps_per_leg'], '8.1f')} "
         f"{r['in']:>9} {r['received']:>9} {r['lost']:>7} {r['duplicates']:>5} "
-        f"{'yes' if r['loss_free'] else 'NO':>4} {r['cpu_user_s']:>6.2f} {r['cpu_sys_s']:>6.2f} "
+        f"{'yes' if r['loss_free'] else 'NO':>4} {r['drops_in']:>7} {r['drops_out']:>7} {r['cpu_user_s']:>6.2f} {r['cpu_sys_s']:>6.2f} "
         f"{fmt(r['cpu_s_per_mpkt_out'], '9.2f')} {fmt(r['cpu_s_per_mpkt_in'], '9.2f')} "
+        f"{fmt(r['ctxsw_per_kpkt_out'], '9.1f')} "
         f"{r['sender_cpu_s']:>6.2f} {r['recv_cpu_s']:>6.2f}",
         flush=True,
     )
@@ -254,7 +291,8 @@ def print_row(r):
 
 HEADER = (
     f"{'fwd':<8} {'Mbit/s':>6} {'wire/leg':>8} {'dgrams in':>9} {'recv':>9} {'lost':>7} "
-    f"{'dups':>5} {'ok':>4} {'usr s':>6} {'sys s':>6} {'s/Mpkt out':>9} {'s/Mpkt in':>9} "
+    f"{'dups':>5} {'ok':>4} {'drop in':>7} {'drop out':>7} {'usr s':>6} {'sys s':>6} {'s/Mpkt out':>9} {'s/Mpkt in':>9} "
+    f"{'cs/kpkt':>9} "
     f"{'send s':>6} {'recv s':>6}"
 )
 
