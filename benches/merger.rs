@@ -29,7 +29,7 @@ fn datagram(seq: u16, ts: u32) -> RtpPacket {
 
 /// Arrivals on both legs in time order: (offset from the start, leg, packet).
 fn arrivals(loss: f64) -> Vec<(Duration, LegId, RtpPacket)> {
-    let mut rng = fastrand::Rng::with_seed(2022_7);
+    let mut rng = fastrand::Rng::with_seed(20_227);
     let mut ev = Vec::with_capacity(2 * PACKETS as usize);
     for i in 0..PACKETS {
         let sent = SPACING * i as u32;
