@@ -25,9 +25,13 @@
 //!   1. the merge window has passed since the gap was noticed — the arrival of the earliest
 //!      packet still held behind it; or
 //!   2. no leg can still deliver it: every leg that is not lost has already delivered a later
-//!      packet. Legs are FIFO paths, so a leg that passed the gap lost the packet; with every
-//!      other leg lost, a gap costs no added latency. (A leg that reorders its own packets
-//!      therefore only gets reorder protection while another leg has not yet passed the gap.)
+//!      packet. Legs are FIFO paths, so a leg that passed the gap lost the packet. (A leg that
+//!      reorders its own packets therefore only gets reorder protection while another leg has
+//!      not yet passed the gap.) A lost leg costs no added latency once its absence is known:
+//!      one that was not trailing is not waited for at all, and one that trailed by a measured
+//!      path differential `d` is waited for `d + max(5 ms, d/2)` — the moment its copy would
+//!      have arrived — never the whole window, so a gap right as that leg returns is still
+//!      filled.
 //! - **Resync.** A sender restart must not look like old data, and a lagging leg must not look
 //!   like a restart. The merger re-anchors (releases what it holds, counts missing packets as
 //!   unrecovered, starts a new epoch at the packet that triggered it, [`Event::Resync`]) when
@@ -43,9 +47,12 @@
 //!     suspicious, so a lagging leg cannot flip the merger back. As a last resort,
 //!     [`STALE_LIMIT`] consecutive rejected packets, with nothing accepted for a whole window,
 //!     force a resync, so the merger can never lock itself out.
-//! - **Recovered.** A packet counts as recovered for leg L when L delivered the copy that is
-//!   output (the first copy) while at least one *other* leg that was not lost had already
-//!   delivered a later packet — that leg skipped this one, and L filled the hole.
+//! - **Recovered.** A packet counts as recovered for leg L when L's copy is the one output and
+//!   some other leg skipped it: either that leg had already delivered a later packet when L's
+//!   copy arrived (L filled a visible hole), or it delivers a later packet afterwards without
+//!   ever delivering this one (L was ahead). Each packet is credited at most once (a flag in
+//!   its slot); the skip scan is amortised O(1) per packet because a leg's highest position
+//!   only grows. A leg that skips packets and never sends again is not scanned.
 //! - **Path differential.** When a copy of a packet arrives on leg L after its first copy came
 //!   from another leg F, L gets the sample `arrival − first arrival` and F gets the sample 0;
 //!   each leg smooths its samples with an EWMA (α = 1/8). The earliest leg reads ~0.
@@ -95,8 +102,8 @@ pub struct MergerConfig {
 pub struct LegStats {
     /// Packets pushed from this leg (every result).
     pub packets: u64,
-    /// Output packets whose copy came from this leg while another live leg had already skipped
-    /// them (see the module docs).
+    /// Output packets whose copy came from this leg and that another leg skipped (see the
+    /// module docs).
     pub recovered: u64,
     /// Packets from this leg that another leg (or this one) had already delivered.
     pub duplicates: u64,
@@ -166,6 +173,8 @@ struct Slot {
     arrival: Option<Instant>,
     /// Leg that delivered the first copy.
     leg: usize,
+    /// Already counted as recovered for `leg`.
+    recovered: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -253,6 +262,7 @@ impl Merger {
                     pkt: None,
                     arrival: None,
                     leg: 0,
+                    recovered: false,
                 })
                 .collect(),
             started_at: None,
@@ -440,8 +450,13 @@ impl Merger {
     fn accept(&mut self, now: Instant, li: usize, pkt: RtpPacket, q: u64) -> Pushed {
         self.stale_run = 0;
         self.last_accept = Some(now);
-        let lm = &mut self.legs[li].max_q;
-        *lm = (*lm).max(q);
+        let prev_max = self.legs[li].max_q;
+        if q > prev_max {
+            self.legs[li].max_q = q;
+            if prev_max >= self.epoch_q0 && q > prev_max + 1 {
+                self.credit_skipped(li, prev_max + 1, q);
+            }
+        }
         if q > self.top {
             if q - self.out_next >= self.cap {
                 self.make_room(now, q);
@@ -468,10 +483,12 @@ impl Merger {
                 self.late(li);
                 return Pushed::Late;
             }
-            if self.passed_by_other(li, q) {
+            let recovered = self.passed_by_other(li, q);
+            if recovered {
                 self.stats.legs[li].recovered += 1;
             }
             self.store(now, li, q, pkt);
+            self.ring[(q & self.mask) as usize].recovered = recovered;
         }
         if q != self.release {
             if self.held.len() == self.held.capacity() {
@@ -495,6 +512,39 @@ impl Merger {
         slot.pkt = Some(pkt);
         slot.arrival = Some(now);
         slot.leg = li;
+        slot.recovered = false;
+    }
+
+    /// Leg `li` jumped from below `from` to `to`: it skipped positions `from..to`. Each of
+    /// them that another leg delivered (and is not yet credited) was recovered by that leg.
+    /// Amortised O(1) per packet: a leg's highest position only grows.
+    fn credit_skipped(&mut self, li: usize, from: u64, to: u64) {
+        let from = from.max(to.saturating_sub(self.cap)).max(self.epoch_q0);
+        for q in from..to {
+            let slot = &mut self.ring[(q & self.mask) as usize];
+            if slot.q == q && slot.leg != li && !slot.recovered {
+                slot.recovered = true;
+                self.stats.legs[slot.leg].recovered += 1;
+            }
+        }
+    }
+
+    /// How long a gap that every live leg has passed may still wait for a lost leg: a lost leg
+    /// that trailed by `d` would deliver its copy about `d` after the leading leg, so the gap
+    /// waits `d` plus a jitter margin (`max(5 ms, d/2)`) for it — never the whole window. A
+    /// lost leg that was not trailing costs nothing. `None` when no lost leg trails.
+    fn lost_leg_grace(&self) -> Option<Duration> {
+        self.legs
+            .iter()
+            .zip(&self.stats.legs)
+            .filter(|(l, s)| {
+                s.lost && l.max_q <= self.release && l.diff_ns.is_some_and(|d| d >= 500_000.0)
+            })
+            .map(|(_, s)| {
+                let d = s.path_differential;
+                d + (d / 2).max(Duration::from_millis(5))
+            })
+            .max()
     }
 
     /// Some other live leg already delivered a packet after `q`.
@@ -567,6 +617,18 @@ impl Merger {
             let deadline = noticed.checked_add(self.window);
             let expired = deadline.is_none_or(|d| now >= d);
             let floor = self.floor();
+            if !expired
+                && self.release < floor
+                && let Some(grace) = self.lost_leg_grace()
+                && let Some(until) = noticed.checked_add(grace)
+                && now < until
+            {
+                // Every live leg passed the gap, but a trailing lost leg may be about to return.
+                let deadline = deadline.map_or(until, |d| d.min(until));
+                self.gap_deadline = Some(deadline);
+                self.next_check = Some(self.next_check.map_or(deadline, |a| a.min(deadline)));
+                return;
+            }
             if !expired && self.release >= floor {
                 self.gap_deadline = deadline;
                 self.next_check = match (self.next_check, deadline) {
@@ -1171,7 +1233,7 @@ mod tests {
     }
 
     #[test]
-    fn recovered_counts_holes_filled_for_another_live_leg() {
+    fn recovered_counts_packets_only_one_leg_delivered() {
         let t0 = base();
         let mut m = Merger::new(cfg(2));
         // A leads by 30 ms and loses 5; B trails and loses 7.
@@ -1186,9 +1248,58 @@ mod tests {
             }
         }
         let s = m.stats();
-        // B filled A's hole at 5. A's 7 was first while B had not got there: not a recovery.
-        assert_eq!((s.legs[0].recovered, s.legs[1].recovered), (0, 1));
+        // B filled A's hole at 5 (after A had skipped it); A's 7 went out first and B then
+        // skipped it: each leg recovered one packet for the other.
+        assert_eq!((s.legs[0].recovered, s.legs[1].recovered), (1, 1));
         assert_eq!(drain(&mut m, t0 + ms(40)), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_trailing_lost_leg_is_waited_for_only_its_differential() {
+        let t0 = base();
+        // B runs 30 ms behind A (one packet per ms), then falls silent and is declared lost;
+        // A loses 200 just as B would come back.
+        let setup = || {
+            let mut m = Merger::new(MergerConfig {
+                legs: 2,
+                window: ms(1000),
+                capacity: 1024,
+                leg_timeout: ms(50),
+            });
+            for i in 0..100u16 {
+                m.push(t0 + ms(i as u64), A, rtp(i, 0));
+                if i >= 30 {
+                    m.push(t0 + ms(i as u64), B, rtp(i - 30, 0));
+                }
+            }
+            for i in 100..200u16 {
+                m.push(t0 + ms(i as u64), A, rtp(i, 0));
+            }
+            m.handle_timeout(t0 + ms(200));
+            assert!(m.stats().legs[1].lost);
+            drain(&mut m, t0 + ms(200));
+            m.push(t0 + ms(201), A, rtp(201, 0));
+            assert!(
+                drain(&mut m, t0 + ms(201)).is_empty(),
+                "the gap at 200 must wait for B"
+            );
+            // B's 30 ms lag plus a 15 ms margin, not the 1 s window.
+            assert_eq!(m.poll_timeout(), Some(t0 + ms(201 + 30 + 15)));
+            m
+        };
+        // B returns and delivers 200 at its usual lag: nothing is lost.
+        let mut m = setup();
+        m.push(t0 + ms(230), B, rtp(170, 0));
+        m.push(t0 + ms(230), B, rtp(200, 0));
+        assert_eq!(drain(&mut m, t0 + ms(230)), vec![200, 201]);
+        assert_eq!(m.stats().unrecovered, 0);
+        // B stays away: the gap is given up at B's lag + margin.
+        let mut m = setup();
+        m.handle_timeout(t0 + ms(245));
+        assert!(drain(&mut m, t0 + ms(245)).is_empty());
+        m.handle_timeout(t0 + ms(246));
+        assert_eq!(drain(&mut m, t0 + ms(246)), vec![201]);
+        assert_eq!(m.stats().unrecovered, 1);
     }
 
     #[test]
