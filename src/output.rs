@@ -106,9 +106,8 @@ impl<'a> SliceViews<'a> {
     fn collect(&self) -> ArrayViews<'a> {
         let n = self.pkts.len().min(mmsg::BATCH);
         let mut v: [&'a [u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
-        for i in 0..n {
-            let (a, b) = self.ranges[i];
-            v[i] = &self.pkts[i].data[a..b];
+        for (slot, (p, &(a, b))) in v.iter_mut().zip(self.pkts.iter().zip(self.ranges)) {
+            *slot = &p.data[a..b];
         }
         ArrayViews { v, n }
     }

@@ -223,7 +223,7 @@ fn malformed_burst_changes_nothing_in_the_output() {
     let file = "mpeg2_mp2.ts";
     let payloads = file_payloads(file);
     let dir2 = dir.path().to_owned();
-    let target = format!("{ip}");
+    let target = ip.to_string();
     let sender = std::thread::spawn(move || {
         send(
             &[
