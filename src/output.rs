@@ -1,17 +1,28 @@
-//! Output glue: one send socket per `[[channel.output]]`, batched `sendmmsg(2)`.
+//! Output glue: one send socket per `[[channel.output]]`, batched `sendmmsg(2)` with
+//! scatter/gather, so no payload byte is ever copied on the way out.
 //!
-//! For RTP input and `rtp://` output the datagrams leave byte-for-byte as they came in
-//! (headers kept, so a downstream receiver can merge again); several outputs send the same
-//! packets to each destination (2022-7 transmit). For `udp://` output the RTP header is
-//! stripped by pointing the iovec past it: the payload is still never copied.
+//! - Merge modes, RTP input: for `rtp://` output the datagrams leave byte-for-byte as they
+//!   came in (headers kept, so a downstream receiver can merge again); for `udp://` output
+//!   the RTP header is stripped by pointing the iovec past it. Several outputs send the same
+//!   packets to each destination (2022-7 transmit).
+//! - Switch mode: the channel emits TS packets (from whichever source is on air, plus the few
+//!   packets the splicer rewrote). They are grouped 7 to a datagram; `rtp://` outputs get an
+//!   RTP header of their own (RFC 2250, PT 33, sequence continuous across switches, 90 kHz
+//!   timestamp from the send time), written into a reused header buffer.
 
 use std::io;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::config::OutputConfig;
-use crate::net::mmsg::{self, Dest};
+use crate::net::mmsg::{self, Dest, Gather};
 use crate::net::{self, NetError};
-use crate::rtp::RtpPacket;
+use crate::rtp::{self, RtpPacket};
 use crate::url::{Scheme, StreamUrl};
+
+/// TS packets per output datagram in switch mode (1316 bytes, the usual MTU-safe size).
+pub const TS_PER_DATAGRAM: usize = 7;
 
 /// Counters of one output.
 #[derive(Clone, Debug, Default)]
@@ -26,9 +37,14 @@ pub struct Output {
     pub url: StreamUrl,
     socket: tokio::net::UdpSocket,
     dest: Dest,
-    strip_rtp: bool,
-    /// Reused slice list for one send batch (no per-packet allocation).
-    slices: Vec<(usize, usize)>,
+    rtp_out: bool,
+    /// Muted outputs count nothing and send nothing (hot standby, disabled channels).
+    pub muted: bool,
+    /// RTP state for outputs that make their own headers (switch mode).
+    seq: u16,
+    ssrc: u32,
+    epoch: Option<Instant>,
+    headers: Vec<[u8; rtp::FIXED_HEADER_LEN]>,
     pub stats: OutputStats,
 }
 
@@ -45,82 +61,106 @@ impl Output {
             url: cfg.url.clone(),
             socket,
             dest: Dest::new(cfg.url.addr),
-            strip_rtp: cfg.url.scheme == Scheme::Udp,
-            slices: Vec::with_capacity(mmsg::BATCH * 4),
+            rtp_out: cfg.url.scheme == Scheme::Rtp,
+            muted: false,
+            seq: fastrand::u16(..),
+            ssrc: fastrand::u32(..),
+            epoch: None,
+            headers: Vec::with_capacity(mmsg::BATCH),
             stats: OutputStats::default(),
         })
     }
 
-    /// Send `pkts` in order, waiting for socket space if the kernel buffer is full.
-    pub async fn send(&mut self, pkts: &[RtpPacket]) {
-        self.slices.clear();
-        self.slices.extend(pkts.iter().map(|p| {
-            if self.strip_rtp {
-                (p.payload_offset as usize, p.payload_end as usize)
-            } else {
-                (0, p.data.len())
-            }
-        }));
+    /// Send RTP datagrams in order (merge modes): whole for `rtp://`, payload only for
+    /// `udp://`. Waits for socket space if the kernel buffer is full.
+    pub async fn send_rtp(&mut self, pkts: &[RtpPacket]) {
+        if self.muted {
+            return;
+        }
+        let strip = !self.rtp_out;
         let mut done = 0;
         while done < pkts.len() {
-            let views = SliceViews {
-                pkts: &pkts[done..],
-                ranges: &self.slices[done..],
-            };
+            let n = (pkts.len() - done).min(mmsg::BATCH);
+            let mut msgs = [Gather::default(); mmsg::BATCH];
+            for (m, p) in msgs.iter_mut().zip(&pkts[done..done + n]) {
+                m.push(if strip {
+                    p.payload_slice()
+                } else {
+                    &p.data[..]
+                });
+            }
+            done += self.transmit(&msgs[..n]).await;
+        }
+    }
+
+    /// Send TS packets (switch mode), 7 to a datagram, with a fresh RTP header for `rtp://`.
+    pub async fn send_ts(&mut self, now: Instant, ts: &[Bytes]) {
+        if self.muted || ts.is_empty() {
+            return;
+        }
+        let epoch = *self.epoch.get_or_insert(now);
+        // 90 kHz media clock (RFC 2250) from the send time.
+        let ts90 = (now.saturating_duration_since(epoch).as_micros() * 9 / 100) as u32;
+        for group in ts.chunks(TS_PER_DATAGRAM * mmsg::BATCH) {
+            let n = group.len().div_ceil(TS_PER_DATAGRAM);
+            self.headers.clear();
+            if self.rtp_out {
+                for _ in 0..n {
+                    let mut h = [0u8; rtp::FIXED_HEADER_LEN];
+                    rtp::write_header(&mut h, rtp::PT_MP2T, self.seq, ts90, self.ssrc);
+                    self.seq = self.seq.wrapping_add(1);
+                    self.headers.push(h);
+                }
+            }
+            let headers = std::mem::take(&mut self.headers);
+            let mut msgs = [Gather::default(); mmsg::BATCH];
+            for (i, (m, chunk)) in msgs
+                .iter_mut()
+                .zip(group.chunks(TS_PER_DATAGRAM))
+                .enumerate()
+            {
+                if let Some(h) = headers.get(i) {
+                    m.push(h);
+                }
+                for p in chunk {
+                    m.push(p);
+                }
+            }
+            let mut done = 0;
+            while done < n {
+                done += self.transmit(&msgs[done..n]).await;
+            }
+            self.headers = headers;
+        }
+    }
+
+    /// Send as many of `msgs` as possible; returns how many left (sent or skipped on error).
+    /// Waits for writability when the socket buffer is full.
+    async fn transmit(&mut self, msgs: &[Gather<'_>]) -> usize {
+        loop {
             let res = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
-                mmsg::send_batch(&self.socket, &self.dest, &views.collect())
+                mmsg::send_gather(&self.socket, &self.dest, msgs)
             });
             match res {
                 Ok(n) => {
-                    for p in &pkts[done..done + n] {
-                        self.stats.bytes += p.data.len() as u64;
-                    }
                     self.stats.packets += n as u64;
-                    done += n;
+                    self.stats.bytes += msgs[..n].iter().map(|m| m.bytes() as u64).sum::<u64>();
+                    return n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.socket.writable().await.is_err() {
-                        self.stats.errors += (pkts.len() - done) as u64;
-                        return;
+                        self.stats.errors += msgs.len() as u64;
+                        return msgs.len();
                     }
                 }
                 Err(e) => {
-                    // Skip the datagram the kernel refused (ECONNREFUSED after an ICMP
-                    // port unreachable, ENETUNREACH...) and carry on with the rest.
+                    // Skip the datagram the kernel refused (ECONNREFUSED after an ICMP port
+                    // unreachable, ENETUNREACH...) and carry on with the rest.
                     tracing::debug!(url = %self.url, error = %e, "send failed");
                     self.stats.errors += 1;
-                    done += 1;
+                    return 1;
                 }
             }
         }
-    }
-}
-
-struct SliceViews<'a> {
-    pkts: &'a [RtpPacket],
-    ranges: &'a [(usize, usize)],
-}
-
-impl<'a> SliceViews<'a> {
-    /// Borrowed views of at most one syscall batch (fixed array: no allocation).
-    fn collect(&self) -> ArrayViews<'a> {
-        let n = self.pkts.len().min(mmsg::BATCH);
-        let mut v: [&'a [u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
-        for (slot, (p, &(a, b))) in v.iter_mut().zip(self.pkts.iter().zip(self.ranges)) {
-            *slot = &p.data[a..b];
-        }
-        ArrayViews { v, n }
-    }
-}
-
-struct ArrayViews<'a> {
-    v: [&'a [u8]; mmsg::BATCH],
-    n: usize,
-}
-
-impl<'a> std::ops::Deref for ArrayViews<'a> {
-    type Target = [&'a [u8]];
-    fn deref(&self) -> &Self::Target {
-        &self.v[..self.n]
     }
 }

@@ -150,7 +150,7 @@ impl MergeChannel {
         }
         if !self.out.is_empty() {
             for o in &mut self.outputs {
-                o.send(&self.out).await;
+                o.send_rtp(&self.out).await;
             }
             self.out.clear();
         }
