@@ -9,6 +9,8 @@
 use std::io;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+
 use crate::config::SourceConfig;
 use crate::net::mmsg::{self, Datagram, SlabPool};
 use crate::net::{self, NetError};
@@ -129,16 +131,31 @@ impl Leg {
         })
     }
 
-    /// Read one batch without blocking and hand every valid RTP datagram to `sink`.
-    /// Returns the number of datagrams read (valid or not); `WouldBlock` when none.
-    pub fn read_rtp_batch(&mut self, mut sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
+    /// Read one batch without blocking and hand every valid RTP datagram to `sink`
+    /// (merge modes). Returns the number of datagrams read (valid or not); `WouldBlock`
+    /// when none.
+    pub fn read_rtp_batch(&mut self, sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
+        self.read_batch(validate_rtp, sink)
+    }
+
+    /// Read one batch and hand the TS payload of every valid datagram to `sink` (switch
+    /// mode: `rtp://` or `udp://` sources; the payload is a zero-copy slice).
+    pub fn read_ts_batch(&mut self, sink: impl FnMut(Bytes)) -> io::Result<usize> {
+        self.read_batch(validate_ts, sink)
+    }
+
+    fn read_batch<T>(
+        &mut self,
+        validate: fn(&Datagram, Scheme, Option<std::net::IpAddr>) -> Result<T, DropReason>,
+        mut sink: impl FnMut(T),
+    ) -> io::Result<usize> {
         self.batch.clear();
         let (pool, batch) = (&mut self.pool, &mut self.batch);
         let n = self.socket.try_io(tokio::io::Interest::READABLE, || {
             mmsg::recv_batch(&self.socket, pool, batch)
         })?;
         for d in self.batch.drain(..) {
-            match validate_rtp(&d, self.scheme, self.sender) {
+            match validate(&d, self.scheme, self.sender) {
                 Ok(p) => {
                     self.stats.packets += 1;
                     self.stats.bytes += d.data.len() as u64;
@@ -149,6 +166,26 @@ impl Leg {
         }
         Ok(n)
     }
+}
+
+/// Validate one datagram for a switch channel: RTP (header validated, then stripped) or
+/// plain UDP; either way the payload must be whole TS packets. Returns the TS payload.
+pub fn validate_ts(
+    d: &Datagram,
+    scheme: Scheme,
+    sender: Option<std::net::IpAddr>,
+) -> Result<Bytes, DropReason> {
+    if scheme == Scheme::Rtp {
+        return validate_rtp(d, scheme, sender).map(|p| p.payload());
+    }
+    if sender.is_some_and(|s| s != d.from.ip()) {
+        return Err(DropReason::WrongSender);
+    }
+    if d.truncated {
+        return Err(DropReason::Oversize);
+    }
+    ts::validate_payload(&d.data).map_err(DropReason::Ts)?;
+    Ok(d.data.clone())
 }
 
 /// Validate one datagram for an RTP channel.
@@ -174,7 +211,6 @@ pub fn validate_rtp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn dgram(data: Vec<u8>, from: &str) -> Datagram {
         Datagram {
@@ -227,6 +263,20 @@ mod tests {
             v[pos] = val;
             let _ = validate_rtp(&dgram(v, "10.0.0.1:1"), Scheme::Rtp, None);
         }
+    }
+
+    #[test]
+    fn plain_udp_ts_is_validated_and_rtp_is_stripped_for_switch_mode() {
+        let rtp = crate::rtp::tests::rtp(1, 1, 1316).to_vec();
+        let udp = rtp[12..].to_vec();
+        let p = validate_ts(&dgram(udp.clone(), "10.0.0.1:1"), Scheme::Udp, None).unwrap();
+        assert_eq!(&p[..], &udp[..]);
+        let p = validate_ts(&dgram(rtp, "10.0.0.1:1"), Scheme::Rtp, None).unwrap();
+        assert_eq!(&p[..], &udp[..]);
+        assert_eq!(
+            validate_ts(&dgram(udp[..100].to_vec(), "10.0.0.1:1"), Scheme::Udp, None).unwrap_err(),
+            DropReason::Ts(TsError::BadLength)
+        );
     }
 
     #[test]
