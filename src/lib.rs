@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod net;
 pub mod output;
 pub mod rtp;
+pub mod rules;
 pub mod runtime;
 pub mod tools;
 pub mod ts;

@@ -1,0 +1,383 @@
+//! Sampled failover rules (ZEN Master "Failover Rules": condition, sample duration, samples,
+//! samples threshold, optional PID). Sans-IO: time is a parameter, inputs are cumulative
+//! counters read through [`SourceMeter`] when a window closes, so the packet path does nothing
+//! for the rules.
+//!
+//! # Semantics
+//! - Time is cut into consecutive windows of `sample_duration`, aligned to the instant the rule
+//!   started ([`SourceRules::new`]). Window `k` is `[start + k·d, start + (k+1)·d)`: something
+//!   counted exactly on a boundary belongs to the window that starts there. The glue must call
+//!   [`SourceRules::handle_timeout`] at [`SourceRules::poll_timeout`] before it feeds the meter
+//!   anything that arrived at or after that instant.
+//! - A window is *in error* when:
+//!   - `p1-transport-errors`: at least one TR 101 290 priority-1 error was counted in it (only
+//!     on `pid` when the rule has one);
+//!   - `low-bitrate`: its average bitrate, bytes × 8 / duration, is below `min_kbps`
+//!     (1 kbit/s = 1000 bit/s; exactly `min_kbps` is not low). Zero bytes is low bitrate;
+//!   - `unrecovered-packets`: at least one packet was lost on every leg in it;
+//!   - `frozen-video`, `blank-picture`, `silent-audio` (and any condition, generically): the
+//!     content analyser reported it present in that window through
+//!     [`SourceRules::observe_condition`].
+//! - A rule is *failing* when at least `threshold` of the last `samples` completed windows were
+//!   in error, and healthy again as soon as fewer are (no extra hysteresis: the switch adds its
+//!   own clear time). Before `samples` windows have completed, the completed ones count.
+//! - **Late evaluation.** When `handle_timeout` comes after several boundaries, the counters
+//!   read then cover all the windows since the previous evaluation and cannot be split:
+//!   - error counters (p1, unrecovered) and flags put everything counted into the window that
+//!     was open at the previous evaluation; the windows skipped after it count as *not* in error
+//!     (nothing can be attributed to them);
+//!   - low bitrate uses the average bitrate over the whole span since the previous evaluation
+//!     for every window it covers. A source that sent nothing is therefore low in every skipped
+//!     window (zero bytes is low bitrate, consistent with the on-time case), and a source that
+//!     kept sending is not flagged just because the glue was late.
+
+pub mod sampler;
+
+use std::time::{Duration, Instant};
+
+use crate::ts::Pid;
+use sampler::{MAX_SAMPLES, Sampler};
+
+/// What a rule watches. Labels (TOML, API, metrics) are kebab-case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    P1TransportErrors,
+    LowBitrate,
+    UnrecoveredPackets,
+    FrozenVideo,
+    BlankPicture,
+    SilentAudio,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 6] = [
+        Condition::P1TransportErrors,
+        Condition::LowBitrate,
+        Condition::UnrecoveredPackets,
+        Condition::FrozenVideo,
+        Condition::BlankPicture,
+        Condition::SilentAudio,
+    ];
+
+    /// The value as written in TOML and used as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Condition::P1TransportErrors => "p1-transport-errors",
+            Condition::LowBitrate => "low-bitrate",
+            Condition::UnrecoveredPackets => "unrecovered-packets",
+            Condition::FrozenVideo => "frozen-video",
+            Condition::BlankPicture => "blank-picture",
+            Condition::SilentAudio => "silent-audio",
+        }
+    }
+
+    /// Position in [`Condition::ALL`], for fixed-size counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this build can evaluate the condition. The content conditions need the content
+    /// analyser, which does not exist yet: the config rejects them.
+    pub fn is_supported(self) -> bool {
+        matches!(
+            self,
+            Condition::P1TransportErrors | Condition::LowBitrate | Condition::UnrecoveredPackets
+        )
+    }
+
+    /// Whether a rule on this condition may be scoped to one PID.
+    pub fn takes_pid(self) -> bool {
+        !matches!(self, Condition::LowBitrate | Condition::UnrecoveredPackets)
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One failover rule of a source, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub condition: Condition,
+    /// Length of one sample window (`sample_duration_s`).
+    pub sample_duration: Duration,
+    /// How many of the most recent completed windows are looked at (1..=128).
+    pub samples: u32,
+    /// Windows in error among the last `samples` that make the rule fail (1..=samples).
+    pub threshold: u32,
+    /// Only count errors on this PID (p1-transport-errors and the content conditions).
+    pub pid: Option<Pid>,
+    /// `low-bitrate` only, required there: windows averaging below this many kbit/s
+    /// (1 kbit/s = 1000 bit/s) are in error.
+    pub min_kbps: Option<u32>,
+}
+
+/// Why a [`RuleSpec`] cannot be used. The config module wraps it with the file position.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("condition `{0}` needs the content analyser, which this build does not have")]
+    Unsupported(Condition),
+    #[error("sample duration must be at least 1 ms")]
+    SampleDuration,
+    #[error("samples must be between 1 and {MAX_SAMPLES}, got {0}")]
+    Samples(u32),
+    #[error("threshold must be between 1 and samples ({samples}), got {threshold}")]
+    Threshold { threshold: u32, samples: u32 },
+    #[error("condition `{0}` cannot be scoped to a PID")]
+    Pid(Condition),
+    #[error("PID {0} is not a 13-bit PID")]
+    PidRange(u16),
+    #[error("`low-bitrate` needs min_kbps > 0")]
+    MinKbpsMissing,
+    #[error("min_kbps only applies to `low-bitrate`")]
+    MinKbpsUnexpected,
+}
+
+impl RuleSpec {
+    /// Check the spec. Content conditions are rejected until the analyser exists
+    /// ([`SourceRules`] itself accepts them, fed by [`SourceRules::observe_condition`]).
+    pub fn validate(&self) -> Result<(), RuleError> {
+        if !self.condition.is_supported() {
+            return Err(RuleError::Unsupported(self.condition));
+        }
+        if self.sample_duration < Duration::from_millis(1) {
+            return Err(RuleError::SampleDuration);
+        }
+        if !(1..=MAX_SAMPLES).contains(&self.samples) {
+            return Err(RuleError::Samples(self.samples));
+        }
+        if !(1..=self.samples).contains(&self.threshold) {
+            return Err(RuleError::Threshold {
+                threshold: self.threshold,
+                samples: self.samples,
+            });
+        }
+        if let Some(pid) = self.pid {
+            if !self.condition.takes_pid() {
+                return Err(RuleError::Pid(self.condition));
+            }
+            if pid.0 > 0x1fff {
+                return Err(RuleError::PidRange(pid.0));
+            }
+        }
+        match (self.condition, self.min_kbps) {
+            (Condition::LowBitrate, None | Some(0)) => Err(RuleError::MinKbpsMissing),
+            (Condition::LowBitrate, Some(_)) | (_, None) => Ok(()),
+            (_, Some(_)) => Err(RuleError::MinKbpsUnexpected),
+        }
+    }
+}
+
+/// Cumulative counters of one source, read when a window closes. They only ever grow (a
+/// counter that goes down is read as "nothing new").
+pub trait SourceMeter {
+    /// Bytes received (datagram payloads as received, headers included or not, consistently).
+    fn bytes(&self) -> u64;
+    /// TR 101 290 priority-1 errors, on `pid` only or on every PID when `None`.
+    fn p1_errors(&self, pid: Option<Pid>) -> u64;
+    /// Packets lost on every leg (not recovered by a merge).
+    fn unrecovered(&self) -> u64;
+}
+
+/// One rule's state as shown by the API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleStatus {
+    pub condition: Condition,
+    pub pid: Option<u16>,
+    pub sample_duration_ms: u64,
+    pub samples: u32,
+    pub threshold: u32,
+    /// Completed windows in error among the last `samples`.
+    pub windows_in_error: u32,
+    /// The last completed windows (at most `samples`), oldest first: `true` = in error.
+    pub recent: Vec<bool>,
+    pub failing: bool,
+    /// Times the rule went from healthy to failing.
+    pub failures: u64,
+    /// `low-bitrate`: average bitrate of the last completed window in kbit/s.
+    pub last_kbps: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    spec: RuleSpec,
+    sampler: Sampler,
+    /// Counter value at `measured_from` (bytes, P1 errors or unrecovered packets).
+    baseline: u64,
+    /// When `baseline` was read: the previous evaluation (or the start).
+    measured_from: Instant,
+    /// The condition was observed present in the open window.
+    flagged: bool,
+    failing: bool,
+    failures: u64,
+    last_kbps: Option<u64>,
+}
+
+impl Rule {
+    fn has_counter(&self) -> bool {
+        matches!(
+            self.spec.condition,
+            Condition::P1TransportErrors | Condition::LowBitrate | Condition::UnrecoveredPackets
+        )
+    }
+
+    fn read(&self, meter: &impl SourceMeter) -> Option<u64> {
+        match self.spec.condition {
+            Condition::P1TransportErrors => Some(meter.p1_errors(self.spec.pid)),
+            Condition::LowBitrate => Some(meter.bytes()),
+            Condition::UnrecoveredPackets => Some(meter.unrecovered()),
+            Condition::FrozenVideo | Condition::BlankPicture | Condition::SilentAudio => None,
+        }
+    }
+
+    /// Close the `n ≥ 1` windows completed by `now`; `value` is the counter read at `now`
+    /// (`None` for flag-only conditions).
+    fn close(&mut self, now: Instant, n: u64, value: Option<u64>) {
+        let (first, rest) = match (self.spec.condition, value) {
+            (Condition::LowBitrate, Some(v)) => {
+                let bytes = v.saturating_sub(self.baseline);
+                let span = now.saturating_duration_since(self.measured_from).as_nanos();
+                let min = u128::from(self.spec.min_kbps.unwrap_or(0));
+                // bits / seconds < min_kbps · 1000  ⇔  bits · 10⁹ < min_kbps · 1000 · ns
+                let bits_ns = u128::from(bytes) * 8 * 1_000_000_000;
+                let low = bits_ns < min * 1000 * span;
+                self.last_kbps =
+                    (span > 0).then(|| u64::try_from(bits_ns / span / 1000).unwrap_or(u64::MAX));
+                (low || self.flagged, low)
+            }
+            (_, Some(v)) => (v.saturating_sub(self.baseline) > 0 || self.flagged, false),
+            (_, None) => (self.flagged, false),
+        };
+        if let Some(v) = value {
+            self.baseline = v;
+        }
+        self.measured_from = now;
+        self.flagged = false;
+        self.sampler.close(n, first, rest);
+        let failing = self.sampler.failing();
+        if failing && !self.failing {
+            self.failures += 1;
+        }
+        self.failing = failing;
+    }
+}
+
+/// All rules of one source. Drive it with [`handle_timeout`](SourceRules::handle_timeout) at
+/// [`poll_timeout`](SourceRules::poll_timeout) (every window boundary), then read
+/// [`failing`](SourceRules::failing) and hand it to the switch.
+#[derive(Clone, Debug)]
+pub struct SourceRules {
+    rules: Vec<Rule>,
+}
+
+impl SourceRules {
+    /// Start every rule's first window at `now`. Specs should have passed
+    /// [`RuleSpec::validate`] (content conditions excepted); out-of-range numbers are clamped.
+    /// Counter baselines are zero: the meter is expected to start counting at `now` too.
+    pub fn new(now: Instant, specs: &[RuleSpec]) -> SourceRules {
+        SourceRules {
+            rules: specs
+                .iter()
+                .map(|spec| Rule {
+                    spec: spec.clone(),
+                    sampler: Sampler::new(now, spec.sample_duration, spec.samples, spec.threshold),
+                    baseline: 0,
+                    measured_from: now,
+                    flagged: false,
+                    failing: false,
+                    failures: 0,
+                    last_kbps: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Close every window that has ended by `now`, reading the meter once per rule that has
+    /// one to close (see the module docs for a late call). Harmless to call early or often.
+    /// Afterwards re-read [`failing`](SourceRules::failing) and `poll_timeout`.
+    pub fn handle_timeout(&mut self, now: Instant, meter: &impl SourceMeter) {
+        for r in &mut self.rules {
+            let n = r.sampler.due(now);
+            if n > 0 {
+                let value = r.read(meter);
+                r.close(now, n, value);
+            }
+        }
+    }
+
+    /// The content analyser's verdict for `condition` at `now`, for every rule on that
+    /// condition. `present` marks the window containing `now` in error; `false` changes
+    /// nothing (a window is clean unless something was seen in it). Flag-only rules (the
+    /// content conditions) first close the windows that ended before `now`; counter rules close
+    /// windows only in `handle_timeout`, so call that first when both are due.
+    pub fn observe_condition(&mut self, now: Instant, condition: Condition, present: bool) {
+        self.observe(now, condition, None, present);
+    }
+
+    /// [`observe_condition`](SourceRules::observe_condition) for one PID: only rules on
+    /// `condition` scoped to `pid`, or not scoped at all, take it.
+    pub fn observe_condition_on_pid(
+        &mut self,
+        now: Instant,
+        condition: Condition,
+        pid: Pid,
+        present: bool,
+    ) {
+        self.observe(now, condition, Some(pid), present);
+    }
+
+    fn observe(&mut self, now: Instant, condition: Condition, pid: Option<Pid>, present: bool) {
+        let applies = |r: &Rule| {
+            r.spec.condition == condition
+                && match (r.spec.pid, pid) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => want == got,
+                    // An unscoped observation does not say which PID it was on.
+                    (Some(_), None) => false,
+                }
+        };
+        for r in self.rules.iter_mut().filter(|r| applies(r)) {
+            let n = r.sampler.due(now);
+            if n > 0 && !r.has_counter() {
+                r.close(now, n, None);
+            }
+            r.flagged |= present;
+        }
+    }
+
+    /// The next window boundary of any rule; `None` without rules.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.rules.iter().map(|r| r.sampler.window_end()).min()
+    }
+
+    /// The condition of the first failing rule, in configuration order.
+    pub fn failing(&self) -> Option<Condition> {
+        self.rules
+            .iter()
+            .find(|r| r.failing)
+            .map(|r| r.spec.condition)
+    }
+
+    /// Every rule's state, in configuration order.
+    pub fn status(&self) -> Vec<RuleStatus> {
+        self.rules
+            .iter()
+            .map(|r| RuleStatus {
+                condition: r.spec.condition,
+                pid: r.spec.pid.map(|p| p.0),
+                sample_duration_ms: u64::try_from(r.sampler.duration().as_millis())
+                    .unwrap_or(u64::MAX),
+                samples: r.sampler.samples(),
+                threshold: r.sampler.threshold(),
+                windows_in_error: r.sampler.in_error(),
+                recent: r.sampler.recent(),
+                failing: r.failing,
+                failures: r.failures,
+                last_kbps: r.last_kbps,
+            })
+            .collect()
+    }
+}
