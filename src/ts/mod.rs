@@ -3,6 +3,9 @@
 //! Borrowed views over 188-byte packets with `#[inline]` accessors; nothing here copies
 //! or allocates. Used to validate datagram payloads, pace files by PCR and check continuity.
 
+pub mod psi;
+pub mod splice;
+
 /// TS packet size in bytes.
 pub const PACKET_LEN: usize = 188;
 /// Sync byte at the start of every TS packet.
