@@ -1,0 +1,875 @@
+//! ETSI TR 101 290 Priority 1 analyser (clause 5.2.1, Table 5.0a), sans-IO.
+//!
+//! [`Tr101290`] is fed every TS packet with its arrival time ([`Tr101290::push`]); the time
+//! based indicators (PAT / PMT absent for more than 0.5 s, PID_error) are checked lazily on
+//! each push and by [`Tr101290::handle_timeout`], which the glue calls at
+//! [`Tr101290::poll_timeout`] so that a source that stops sending still raises them.
+//! No clock is read, nothing is allocated per packet in steady state (per-PID state lives in
+//! a fixed 8192-entry table; PAT / PMT are re-parsed only when their CRC changes) and no
+//! input panics.
+//!
+//! Indicators and their reading here:
+//! - 1.1 TS_sync_loss: sync is acquired after 5 consecutive sync bytes and lost after 2 or
+//!   more consecutive bad ones; one count per loss. While sync is lost "all other indicators
+//!   are invalid": packets are not analysed and the timers are suspended; on re-acquisition
+//!   the continuity baselines are forgotten and the timers restart.
+//! - 1.2 Sync_byte_error: every packet whose first byte is not 0x47 (or that is not 188
+//!   bytes long). Such a packet is not parsed: its header cannot be trusted, so a packet
+//!   lost this way may also show as a continuity error on its PID.
+//! - 1.3 / 1.3.a PAT_error_2: no CRC-valid section with table_id 0x00 on PID 0 for more than
+//!   `pat_period` (one count per period of absence), a section with another table_id on
+//!   PID 0, or transport_scrambling_control ≠ 00 on PID 0.
+//! - 1.4 Continuity_count_error: wrong order, a packet occurring more than twice, a lost
+//!   packet (ISO/IEC 13818-1 2.4.3.3). One duplicate is legal (and is not parsed twice);
+//!   discontinuity_indicator resets the expectation; packets without payload must repeat
+//!   the counter; the null PID is excluded. One count per offending packet.
+//! - 1.5 / 1.5.a PMT_error_2: a program_map_PID of the PAT without a CRC-valid PMT section
+//!   (table_id 0x02) for more than `pmt_period`, or scrambled.
+//! - 1.6 PID_error: a PID referenced in a PMT that does not occur for `pid_error_period`
+//!   (from when it was last seen or first referenced), one count per period of absence.
+//!
+//! CRC_32 mismatches on PAT / PMT sections (indicator 2.2, priority 2) are counted apart
+//! ([`Tr101290::crc_errors`]); such a section does not count as present.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::psi::{self, SectionAsm};
+use crate::ts::{NULL_PID, PACKET_LEN, Pid, SYNC_BYTE, TsPacket};
+
+/// PID of the program association table.
+pub const PAT_PID: Pid = Pid(0);
+/// Events kept for [`Tr101290::poll_event`]; older ones are dropped (and counted) first.
+pub const EVENT_QUEUE: usize = 256;
+/// Consecutive good sync bytes to acquire sync (1.1).
+pub const SYNC_ACQUIRE_PACKETS: u8 = 5;
+/// Consecutive bad sync bytes to lose sync (1.1).
+pub const SYNC_LOSS_PACKETS: u8 = 2;
+/// Shortest timer period accepted (a zero period would fire on every packet).
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// "More than" the period: the first instant in error is one nanosecond after it.
+const STRICTLY_AFTER: Duration = Duration::from_nanos(1);
+const PID_COUNT: usize = 0x2000;
+
+/// Thresholds of the time-based indicators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct P1Config {
+    /// 1.6: how long a PID referenced in a PMT may be absent (user-set; commonly 5 s).
+    pub pid_error_period: Duration,
+    /// 1.3.a: longest gap between PAT sections (0.5 s).
+    pub pat_period: Duration,
+    /// 1.5.a: longest gap between PMT sections of each program_map_PID (0.5 s).
+    pub pmt_period: Duration,
+}
+
+impl Default for P1Config {
+    fn default() -> Self {
+        P1Config {
+            pid_error_period: Duration::from_secs(5),
+            pat_period: Duration::from_millis(500),
+            pmt_period: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The Priority 1 indicators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Indicator {
+    TsSyncLoss,
+    SyncByteError,
+    PatError,
+    ContinuityCountError,
+    PmtError,
+    PidError,
+}
+
+impl Indicator {
+    /// Number of indicators (length of [`Tr101290::counts`]).
+    pub const N: usize = 6;
+    pub const ALL: [Indicator; Indicator::N] = [
+        Indicator::TsSyncLoss,
+        Indicator::SyncByteError,
+        Indicator::PatError,
+        Indicator::ContinuityCountError,
+        Indicator::PmtError,
+        Indicator::PidError,
+    ];
+
+    /// Bounded metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Indicator::TsSyncLoss => "ts_sync_loss",
+            Indicator::SyncByteError => "sync_byte_error",
+            Indicator::PatError => "pat_error",
+            Indicator::ContinuityCountError => "continuity_count_error",
+            Indicator::PmtError => "pmt_error",
+            Indicator::PidError => "pid_error",
+        }
+    }
+
+    /// Clause of TR 101 290 Table 5.0a.
+    pub fn clause(self) -> &'static str {
+        match self {
+            Indicator::TsSyncLoss => "1.1",
+            Indicator::SyncByteError => "1.2",
+            Indicator::PatError => "1.3.a",
+            Indicator::ContinuityCountError => "1.4",
+            Indicator::PmtError => "1.5.a",
+            Indicator::PidError => "1.6",
+        }
+    }
+
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One raised indicator, for logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct P1Event {
+    pub indicator: Indicator,
+    /// The PID the error is attributed to (none for sync errors).
+    pub pid: Option<Pid>,
+    /// When the error occurred (for a timeout: when the period ran out, not when checked).
+    pub at: Instant,
+    /// Errors this event stands for (a long absence checked late counts every period).
+    pub count: u64,
+}
+
+/// TS synchronisation state (1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Never synchronised yet; packets with a good sync byte are analysed.
+    Acquiring,
+    InSync,
+    /// Lost after 2 or more bad sync bytes: nothing else is analysed until 5 good ones.
+    Lost,
+}
+
+/// Continuity state flags of a PID.
+const F_CC_SEEN: u8 = 1;
+const F_CC_DUP: u8 = 2;
+const F_REFERENCED: u8 = 4;
+const F_PMT_PID: u8 = 8;
+/// Scratch marks while recomputing the two flags above.
+const F_NEW: u8 = 16;
+const F_NEW_PMT: u8 = 32;
+
+#[derive(Clone, Copy, Default)]
+struct PidState {
+    packets: u64,
+    cc_errors: u64,
+    /// All P1 errors attributed to this PID.
+    errors: u64,
+    last_seen: Option<Instant>,
+    /// Next PID_error instant after one fired (the absence goes on).
+    pid_error_due: Option<Instant>,
+    cc: u8,
+    flags: u8,
+}
+
+struct Program {
+    number: u16,
+    pmt_pid: Pid,
+    /// PAT section_number that listed it.
+    pat_section: u8,
+    pmt_due: Instant,
+    pmt_crc: Option<u32>,
+    pcr_pid: Option<Pid>,
+    /// `(stream_type, elementary_PID)`.
+    streams: Vec<(u8, Pid)>,
+    /// Section reassembly for this PMT PID (None while in use, or on a PID shared with an
+    /// earlier program).
+    asm: Option<Box<SectionAsm>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cc {
+    Ok,
+    Duplicate,
+    Error,
+}
+
+/// Counters and the event queue, apart from the tables so both can be borrowed at once.
+struct Tally {
+    counts: [u64; Indicator::N],
+    events: VecDeque<P1Event>,
+    events_dropped: u64,
+}
+
+impl Tally {
+    fn raise(
+        &mut self,
+        pids: &mut [PidState],
+        indicator: Indicator,
+        pid: Option<Pid>,
+        at: Instant,
+        count: u64,
+    ) {
+        self.counts[indicator.index()] += count;
+        if let Some(p) = pid.and_then(|p| pids.get_mut(usize::from(p.0))) {
+            p.errors += count;
+            if indicator == Indicator::ContinuityCountError {
+                p.cc_errors += count;
+            }
+        }
+        if self.events.len() >= EVENT_QUEUE {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(P1Event {
+            indicator,
+            pid,
+            at,
+            count,
+        });
+    }
+}
+
+/// The first instant at which `period` has been exceeded since `t`.
+#[inline]
+fn due_after(t: Instant, period: Duration) -> Instant {
+    t.checked_add(period + STRICTLY_AFTER).unwrap_or(t)
+}
+
+/// If `*due` has passed, the number of whole periods missed (≥ 1) and moves `*due` past
+/// `now`; 0 otherwise.
+fn fire(due: &mut Instant, now: Instant, period: Duration) -> u64 {
+    if now < *due {
+        return 0;
+    }
+    let late = (now - *due).as_nanos();
+    let n = (late / period.as_nanos().max(1)) as u64 + 1;
+    let step = u32::try_from(n)
+        .ok()
+        .and_then(|k| period.checked_mul(k))
+        .unwrap_or(Duration::MAX);
+    *due = due.checked_add(step).unwrap_or(now + STRICTLY_AFTER);
+    n
+}
+
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// TR 101 290 Priority 1 analyser of one transport stream.
+pub struct Tr101290 {
+    cfg: P1Config,
+    pids: Box<[PidState]>,
+    tally: Tally,
+    packets: u64,
+    crc_errors: u64,
+    sync: SyncState,
+    good_run: u8,
+    bad_run: u8,
+    started: bool,
+    pat_asm: Option<Box<SectionAsm>>,
+    pat_due: Option<Instant>,
+    pat_version: Option<u8>,
+    /// CRC of each current PAT section (by section_number) to skip unchanged ones.
+    pat_crc: Box<[Option<u32>; 256]>,
+    programs: Vec<Program>,
+    /// A lower bound of the earliest timer (may be early: then nothing fires).
+    next_check: Option<Instant>,
+}
+
+impl Tr101290 {
+    pub fn new(cfg: P1Config) -> Tr101290 {
+        let cfg = P1Config {
+            pid_error_period: cfg.pid_error_period.max(MIN_PERIOD),
+            pat_period: cfg.pat_period.max(MIN_PERIOD),
+            pmt_period: cfg.pmt_period.max(MIN_PERIOD),
+        };
+        Tr101290 {
+            cfg,
+            pids: vec![PidState::default(); PID_COUNT].into_boxed_slice(),
+            tally: Tally {
+                counts: [0; Indicator::N],
+                events: VecDeque::with_capacity(EVENT_QUEUE),
+                events_dropped: 0,
+            },
+            packets: 0,
+            crc_errors: 0,
+            sync: SyncState::Acquiring,
+            good_run: 0,
+            bad_run: 0,
+            started: false,
+            pat_asm: Some(Box::new(SectionAsm::new())),
+            pat_due: None,
+            pat_version: None,
+            pat_crc: Box::new([None; 256]),
+            programs: Vec::new(),
+            next_check: None,
+        }
+    }
+
+    pub fn config(&self) -> &P1Config {
+        &self.cfg
+    }
+
+    /// Analyse one packet (normally 188 bytes; anything else counts as a sync byte error)
+    /// that arrived at `now`. `now` must not go backwards. Afterwards the caller should
+    /// re-read [`poll_timeout`](Self::poll_timeout) and may drain
+    /// [`poll_event`](Self::poll_event).
+    #[inline]
+    pub fn push(&mut self, now: Instant, pkt: &[u8]) {
+        self.packets += 1;
+        if self.next_check.is_some_and(|t| now >= t) {
+            self.run_timers(now);
+        }
+        if pkt.len() != PACKET_LEN || pkt[0] != SYNC_BYTE {
+            self.bad_sync(now);
+            return;
+        }
+        self.bad_run = 0;
+        self.good_run = self.good_run.saturating_add(1);
+        match self.sync {
+            SyncState::InSync => {}
+            SyncState::Acquiring if self.good_run >= SYNC_ACQUIRE_PACKETS => {
+                self.sync = SyncState::InSync;
+            }
+            SyncState::Acquiring => {}
+            SyncState::Lost if self.good_run >= SYNC_ACQUIRE_PACKETS => {
+                self.sync = SyncState::InSync;
+                self.resync(now);
+            }
+            // 1.1 active: every other indicator is invalid.
+            SyncState::Lost => return,
+        }
+        if let Some(p) = TsPacket::try_new(pkt) {
+            self.analyse(now, p);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next if no packet
+    /// arrives (it may be early, then nothing fires). `None` while no timer runs (before the
+    /// first packet, and while sync is lost).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_check
+    }
+
+    /// Evaluate the time-based indicators (PAT / PMT absent, PID_error) at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_timers(now);
+    }
+
+    /// Next raised indicator, oldest first (the queue keeps the last [`EVENT_QUEUE`]).
+    pub fn poll_event(&mut self) -> Option<P1Event> {
+        self.tally.events.pop_front()
+    }
+
+    /// Cumulative count per indicator, indexed like [`Indicator::ALL`].
+    pub fn counts(&self) -> &[u64; Indicator::N] {
+        &self.tally.counts
+    }
+
+    pub fn count(&self, indicator: Indicator) -> u64 {
+        self.tally.counts[indicator.index()]
+    }
+
+    /// All Priority 1 errors counted so far.
+    pub fn errors_total(&self) -> u64 {
+        self.tally.counts.iter().sum()
+    }
+
+    /// Priority 1 errors attributed to `pid` (continuity, PID_error, PAT errors on PID 0,
+    /// PMT errors on a PMT PID). Sync errors belong to no PID.
+    pub fn errors_for_pid(&self, pid: Pid) -> u64 {
+        self.pids.get(usize::from(pid.0)).map_or(0, |s| s.errors)
+    }
+
+    /// PAT / PMT sections whose CRC_32 did not match (TR 101 290 2.2).
+    pub fn crc_errors(&self) -> u64 {
+        self.crc_errors
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    pub fn sync_state(&self) -> SyncState {
+        self.sync
+    }
+
+    fn bad_sync(&mut self, now: Instant) {
+        self.tally
+            .raise(&mut self.pids, Indicator::SyncByteError, None, now, 1);
+        self.good_run = 0;
+        self.bad_run = self.bad_run.saturating_add(1);
+        if self.sync == SyncState::InSync && self.bad_run >= SYNC_LOSS_PACKETS {
+            self.sync = SyncState::Lost;
+            self.next_check = None;
+            self.tally
+                .raise(&mut self.pids, Indicator::TsSyncLoss, None, now, 1);
+        }
+    }
+
+    /// Sync is back: what was missed while it was lost is not counted again.
+    fn resync(&mut self, now: Instant) {
+        for s in self.pids.iter_mut() {
+            s.flags &= !(F_CC_SEEN | F_CC_DUP);
+            if s.flags & F_REFERENCED != 0 {
+                s.last_seen = Some(now);
+                s.pid_error_due = None;
+            }
+        }
+        if let Some(a) = &mut self.pat_asm {
+            a.reset();
+        }
+        if self.started {
+            self.pat_due = Some(due_after(now, self.cfg.pat_period));
+        }
+        for p in &mut self.programs {
+            if let Some(a) = &mut p.asm {
+                a.reset();
+            }
+            p.pmt_due = due_after(now, self.cfg.pmt_period);
+        }
+        self.recompute_next();
+    }
+
+    #[inline]
+    fn analyse(&mut self, now: Instant, p: TsPacket<'_>) {
+        if !self.started {
+            self.started = true;
+            let due = due_after(now, self.cfg.pat_period);
+            self.pat_due = Some(due);
+            self.next_check = earliest(self.next_check, due);
+        }
+        let pid = p.pid();
+        let Some(st) = self.pids.get_mut(usize::from(pid.0)) else {
+            return;
+        };
+        st.packets += 1;
+        st.last_seen = Some(now);
+        let flags = st.flags;
+        let cc = if pid == NULL_PID {
+            Cc::Ok
+        } else {
+            check_cc(st, &p)
+        };
+        if cc == Cc::Error {
+            self.tally.raise(
+                &mut self.pids,
+                Indicator::ContinuityCountError,
+                Some(pid),
+                now,
+                1,
+            );
+        }
+        if pid == PAT_PID {
+            if p.scrambling() != 0 {
+                self.tally
+                    .raise(&mut self.pids, Indicator::PatError, Some(pid), now, 1);
+                return;
+            }
+            if cc == Cc::Duplicate || !p.has_payload() {
+                return;
+            }
+            if let Some(mut asm) = self.pat_asm.take() {
+                if cc == Cc::Error {
+                    asm.reset();
+                }
+                asm.push(p.payload_unit_start(), p.payload(), |s| {
+                    self.on_pat_section(now, s)
+                });
+                self.pat_asm = Some(asm);
+            }
+        } else if flags & F_PMT_PID != 0 {
+            if p.scrambling() != 0 {
+                self.tally
+                    .raise(&mut self.pids, Indicator::PmtError, Some(pid), now, 1);
+                return;
+            }
+            if cc == Cc::Duplicate || !p.has_payload() {
+                return;
+            }
+            let Some(i) = self
+                .programs
+                .iter()
+                .position(|g| g.pmt_pid == pid && g.asm.is_some())
+            else {
+                return;
+            };
+            if let Some(mut asm) = self.programs[i].asm.take() {
+                if cc == Cc::Error {
+                    asm.reset();
+                }
+                asm.push(p.payload_unit_start(), p.payload(), |s| {
+                    self.on_pmt_section(now, pid, s)
+                });
+                if let Some(g) = self.programs.get_mut(i) {
+                    g.asm = Some(asm);
+                }
+            }
+        }
+    }
+
+    fn on_pat_section(&mut self, now: Instant, s: &[u8]) {
+        if s.first() != Some(&psi::TABLE_PAT) {
+            // 1.3.a: a section with table_id other than 0x00 on PID 0.
+            self.tally
+                .raise(&mut self.pids, Indicator::PatError, Some(PAT_PID), now, 1);
+            return;
+        }
+        if !psi::crc_ok(s) {
+            self.crc_errors += 1;
+            return;
+        }
+        let Some(h) = psi::header(s) else {
+            return;
+        };
+        self.pat_due = Some(due_after(now, self.cfg.pat_period));
+        if !h.current_next {
+            return;
+        }
+        let crc = psi::crc_field(s);
+        let sec = usize::from(h.section_number);
+        if self.pat_version == Some(h.version) && self.pat_crc[sec] == Some(crc) {
+            return;
+        }
+        if self.pat_version != Some(h.version) {
+            // A new version replaces every section of the old one.
+            self.pat_crc.fill(None);
+            self.programs.retain(|g| g.pat_section == h.section_number);
+            self.pat_version = Some(h.version);
+        }
+        self.pat_crc[sec] = Some(crc);
+        let mut old: Vec<Program> = Vec::new();
+        let mut i = 0;
+        while i < self.programs.len() {
+            if self.programs[i].pat_section == h.section_number {
+                old.push(self.programs.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for (number, pmt_pid) in psi::pat_programs(s) {
+            if number == 0 {
+                continue; // network_PID
+            }
+            let pmt_pid = Pid(pmt_pid);
+            if self
+                .programs
+                .iter()
+                .any(|g| g.number == number && g.pmt_pid == pmt_pid)
+            {
+                continue;
+            }
+            if let Some(k) = old
+                .iter()
+                .position(|g| g.number == number && g.pmt_pid == pmt_pid)
+            {
+                self.programs.push(old.swap_remove(k));
+                continue;
+            }
+            self.programs.push(Program {
+                number,
+                pmt_pid,
+                pat_section: h.section_number,
+                pmt_due: due_after(now, self.cfg.pmt_period),
+                pmt_crc: None,
+                pcr_pid: None,
+                streams: Vec::new(),
+                asm: None,
+            });
+        }
+        self.programs.sort_by_key(|g| (g.pmt_pid, g.number));
+        // One reassembler per PMT PID, on its first program.
+        for i in 0..self.programs.len() {
+            let first = i == 0 || self.programs[i - 1].pmt_pid != self.programs[i].pmt_pid;
+            let g = &mut self.programs[i];
+            if !first {
+                g.asm = None;
+            } else if g.asm.is_none() {
+                g.asm = Some(Box::new(SectionAsm::new()));
+            }
+        }
+        self.update_references(now);
+    }
+
+    fn on_pmt_section(&mut self, now: Instant, pid: Pid, s: &[u8]) {
+        if s.first() != Some(&psi::TABLE_PMT) {
+            return; // other private sections may share the PID
+        }
+        if !psi::crc_ok(s) {
+            self.crc_errors += 1;
+            return;
+        }
+        let Some(h) = psi::header(s) else {
+            return;
+        };
+        let Some(g) = self
+            .programs
+            .iter_mut()
+            .find(|g| g.pmt_pid == pid && g.number == h.table_id_extension)
+        else {
+            return;
+        };
+        g.pmt_due = due_after(now, self.cfg.pmt_period);
+        let crc = psi::crc_field(s);
+        if !h.current_next || g.pmt_crc == Some(crc) {
+            return;
+        }
+        let Some((pcr_pid, streams)) = psi::pmt_streams(s) else {
+            return;
+        };
+        g.pmt_crc = Some(crc);
+        g.pcr_pid = Some(Pid(pcr_pid)).filter(|p| *p != NULL_PID);
+        g.streams.clear();
+        g.streams.extend(streams.map(|(t, p)| (t, Pid(p))));
+        self.update_references(now);
+    }
+
+    /// Recompute the PMT_PID and referenced flags after the PAT or a PMT changed; a newly
+    /// referenced PID's absence is measured from `now`.
+    fn update_references(&mut self, now: Instant) {
+        for g in &self.programs {
+            let pmt = usize::from(g.pmt_pid.0);
+            if let Some(s) = self.pids.get_mut(pmt) {
+                s.flags |= F_NEW_PMT;
+            }
+            for &(_, p) in &g.streams {
+                if let Some(s) = self.pids.get_mut(usize::from(p.0)) {
+                    s.flags |= F_NEW;
+                }
+            }
+        }
+        for s in self.pids.iter_mut() {
+            let referenced = s.flags & F_NEW != 0;
+            if referenced && s.flags & F_REFERENCED == 0 {
+                s.last_seen = Some(now);
+                s.pid_error_due = None;
+            }
+            let pmt = s.flags & F_NEW_PMT != 0;
+            s.flags &= !(F_NEW | F_NEW_PMT | F_REFERENCED | F_PMT_PID);
+            if referenced {
+                s.flags |= F_REFERENCED;
+            }
+            if pmt {
+                s.flags |= F_PMT_PID;
+            }
+        }
+        self.recompute_next();
+    }
+
+    /// Fire every timer due at `now` and compute the next check.
+    fn run_timers(&mut self, now: Instant) {
+        if self.sync == SyncState::Lost {
+            self.next_check = None;
+            return;
+        }
+        if let Some(due) = &mut self.pat_due {
+            let at = *due;
+            let n = fire(due, now, self.cfg.pat_period);
+            if n > 0 {
+                self.tally
+                    .raise(&mut self.pids, Indicator::PatError, Some(PAT_PID), at, n);
+            }
+        }
+        for g in &mut self.programs {
+            let at = g.pmt_due;
+            let n = fire(&mut g.pmt_due, now, self.cfg.pmt_period);
+            if n > 0 {
+                self.tally
+                    .raise(&mut self.pids, Indicator::PmtError, Some(g.pmt_pid), at, n);
+            }
+            for &(_, pid) in &g.streams {
+                let Some(s) = self.pids.get_mut(usize::from(pid.0)) else {
+                    continue;
+                };
+                let Some(mut due) = pid_due(s, self.cfg.pid_error_period) else {
+                    continue;
+                };
+                let at = due;
+                let n = fire(&mut due, now, self.cfg.pid_error_period);
+                if n > 0 {
+                    s.pid_error_due = Some(due);
+                    self.tally
+                        .raise(&mut self.pids, Indicator::PidError, Some(pid), at, n);
+                }
+            }
+        }
+        self.recompute_next();
+    }
+
+    fn recompute_next(&mut self) {
+        if self.sync == SyncState::Lost {
+            self.next_check = None;
+            return;
+        }
+        let mut next = self.pat_due;
+        for g in &self.programs {
+            next = earliest(next, g.pmt_due);
+            for &(_, pid) in &g.streams {
+                if let Some(d) = self
+                    .pids
+                    .get(usize::from(pid.0))
+                    .and_then(|s| pid_due(s, self.cfg.pid_error_period))
+                {
+                    next = earliest(next, d);
+                }
+            }
+        }
+        self.next_check = next;
+    }
+
+    /// Snapshot for the API and `hitless analyze`.
+    pub fn report(&self) -> P1Report {
+        let counts = Indicator::ALL
+            .iter()
+            .map(|&i| IndicatorCount {
+                clause: i.clause(),
+                indicator: i.label(),
+                count: self.count(i),
+            })
+            .collect();
+        let pids = self
+            .pids
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.packets > 0 || s.flags & (F_REFERENCED | F_PMT_PID) != 0)
+            .map(|(pid, s)| PidReport {
+                pid: pid as u16,
+                packets: s.packets,
+                cc_errors: s.cc_errors,
+                errors: s.errors,
+                kind: if pid == 0 {
+                    "pat"
+                } else if s.flags & F_PMT_PID != 0 {
+                    "pmt"
+                } else if s.flags & F_REFERENCED != 0 {
+                    "es"
+                } else if Pid(pid as u16) == NULL_PID {
+                    "null"
+                } else {
+                    "other"
+                },
+            })
+            .collect();
+        let mut pmt_pids: Vec<u16> = self.programs.iter().map(|g| g.pmt_pid.0).collect();
+        pmt_pids.dedup();
+        P1Report {
+            sync: self.sync,
+            packets: self.packets,
+            errors_total: self.errors_total(),
+            counts,
+            crc_errors: self.crc_errors,
+            events_dropped: self.tally.events_dropped,
+            pmt_pids,
+            programs: self
+                .programs
+                .iter()
+                .map(|g| ProgramReport {
+                    program_number: g.number,
+                    pmt_pid: g.pmt_pid.0,
+                    pcr_pid: g.pcr_pid.map(|p| p.0),
+                    streams: g
+                        .streams
+                        .iter()
+                        .map(|&(stream_type, p)| StreamReport {
+                            pid: p.0,
+                            stream_type,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            pids,
+        }
+    }
+}
+
+/// Next PID_error instant of a referenced PID.
+#[inline]
+fn pid_due(s: &PidState, period: Duration) -> Option<Instant> {
+    if s.flags & F_REFERENCED == 0 {
+        return None;
+    }
+    let base = due_after(s.last_seen?, period);
+    Some(s.pid_error_due.map_or(base, |d| d.max(base)))
+}
+
+/// ISO/IEC 13818-1 2.4.3.3 continuity of one packet against its PID's state.
+#[inline]
+fn check_cc(st: &mut PidState, p: &TsPacket<'_>) -> Cc {
+    let cc = p.cc().0;
+    if st.flags & F_CC_SEEN == 0 || p.discontinuity() {
+        st.cc = cc;
+        st.flags = (st.flags & !F_CC_DUP) | F_CC_SEEN;
+        return Cc::Ok;
+    }
+    if !p.has_payload() {
+        // The counter does not increment without payload.
+        if cc == st.cc {
+            return Cc::Ok;
+        }
+        st.cc = cc;
+        st.flags &= !F_CC_DUP;
+        return Cc::Error;
+    }
+    if cc == st.cc {
+        if st.flags & F_CC_DUP != 0 {
+            return Cc::Error; // a packet occurring more than twice
+        }
+        st.flags |= F_CC_DUP;
+        return Cc::Duplicate;
+    }
+    let ok = cc == (st.cc + 1) & 0x0f;
+    st.cc = cc;
+    st.flags &= !F_CC_DUP;
+    if ok { Cc::Ok } else { Cc::Error }
+}
+
+/// Count of one indicator in a [`P1Report`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndicatorCount {
+    pub clause: &'static str,
+    pub indicator: &'static str,
+    pub count: u64,
+}
+
+/// One PID seen (or expected) in the stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PidReport {
+    pub pid: u16,
+    pub packets: u64,
+    pub cc_errors: u64,
+    /// All P1 errors attributed to the PID.
+    pub errors: u64,
+    /// "pat", "pmt", "es" (referenced by a PMT), "null" or "other".
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StreamReport {
+    pub pid: u16,
+    pub stream_type: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramReport {
+    pub program_number: u16,
+    pub pmt_pid: u16,
+    pub pcr_pid: Option<u16>,
+    pub streams: Vec<StreamReport>,
+}
+
+/// Priority 1 summary for the API and `hitless analyze --json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct P1Report {
+    pub sync: SyncState,
+    pub packets: u64,
+    pub errors_total: u64,
+    /// Per indicator, in Table 5.0a order.
+    pub counts: Vec<IndicatorCount>,
+    /// PAT / PMT sections with a bad CRC_32 (2.2, not part of `errors_total`).
+    pub crc_errors: u64,
+    /// Events dropped from the bounded queue (not errors).
+    pub events_dropped: u64,
+    pub pmt_pids: Vec<u16>,
+    pub programs: Vec<ProgramReport>,
+    pub pids: Vec<PidReport>,
+}
