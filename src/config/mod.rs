@@ -57,6 +57,21 @@ pub const DEFAULT_MAX_BITRATE_MBPS: u64 = 100;
 pub const MAX_BITRATE_MBPS: u64 = 10_000;
 /// `leg_timeout_ms` when not given.
 pub const DEFAULT_LEG_TIMEOUT_MS: u64 = 100;
+/// `clear_time_ms` when not given: how long a better source must stay healthy before the
+/// channel switches back to it.
+pub const DEFAULT_CLEAR_TIME_MS: u64 = 5_000;
+/// `holddown_failures` when not given: failures within `holddown_period_ms` that hold a
+/// flapping source down.
+pub const DEFAULT_HOLDDOWN_FAILURES: u64 = 3;
+/// `holddown_period_ms` when not given.
+pub const DEFAULT_HOLDDOWN_PERIOD_MS: u64 = 60_000;
+/// `holddown_ms` when not given: how long a flapping source is held down.
+pub const DEFAULT_HOLDDOWN_MS: u64 = 30_000;
+/// `rap_max_wait_ms` when not given: the longest a `switch_on_rap` switch waits for a
+/// random access point of the new source.
+pub const DEFAULT_RAP_MAX_WAIT_MS: u64 = 1_000;
+/// `pid_error_period_ms` when not given: TR 101 290 1.6 PID_error period.
+pub const DEFAULT_PID_ERROR_PERIOD_MS: u64 = 5_000;
 /// `recv_buffer_bytes` when not given (4 MiB).
 pub const DEFAULT_RECV_BUFFER_BYTES: usize = 4 << 20;
 /// Largest accepted `recv_buffer_bytes` (1 GiB); the kernel takes an `int` and doubles it.
@@ -85,7 +100,7 @@ impl Mode {
 
     /// Whether this build can run a channel in this mode.
     pub fn is_supported(self) -> bool {
-        self == Mode::Smpte2022_7
+        matches!(self, Mode::Smpte2022_7 | Mode::Switch)
     }
 }
 
@@ -122,6 +137,48 @@ impl fmt::Display for Role {
     }
 }
 
+/// Live-event stage of a switch channel: pre-live and post-live put the slate on air
+/// whatever the health of the other sources; live selects by priority and health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    PreLive,
+    Live,
+    PostLive,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::PreLive, Stage::Live, Stage::PostLive];
+
+    /// The value as written in TOML and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::PreLive => "pre-live",
+            Stage::Live => "live",
+            Stage::PostLive => "post-live",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Anti-flapping: a source that fails `failures` times within `period` is held down (not
+/// eligible) for `hold`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldDownConfig {
+    pub failures: u32,
+    pub period: Duration,
+    pub hold: Duration,
+}
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -143,7 +200,8 @@ pub struct NodeConfig {
 pub struct ChannelConfig {
     /// Unique channel name, a metric label.
     pub name: String,
-    /// Always [`Mode::Smpte2022_7`] in this build (validation rejects the others).
+    /// [`Mode::Smpte2022_7`] or [`Mode::Switch`] in this build (validation rejects
+    /// content-merge).
     pub mode: Mode,
     /// How long a gap waits for the other legs (`merge_window_ms`, default 1000 ms).
     pub merge_window: Duration,
@@ -157,6 +215,26 @@ pub struct ChannelConfig {
     /// A leg silent this long is lost: gaps stop waiting for it (`leg_timeout_ms`,
     /// default 100 ms).
     pub leg_timeout: Duration,
+    /// Switch mode: how long a better source must stay healthy before switching back to it
+    /// (`clear_time_ms`, default 5000 ms).
+    pub clear_time: Duration,
+    /// Switch mode: anti-flapping hold-down (`holddown_failures`, `holddown_period_ms`,
+    /// `holddown_ms`; defaults 3 in 60 s → held 30 s).
+    pub holddown: HoldDownConfig,
+    /// Switch mode: live-event stage at start (`stage`, default live).
+    pub stage: Stage,
+    /// Configured but not running (`disabled`, default false): no sockets are opened.
+    pub disabled: bool,
+    /// No error/recovery notifications or warning logs; metrics still counted (`muted`).
+    pub muted: bool,
+    /// Switch mode: land switches on a random access point of the new source (`switch_on_rap`,
+    /// default false), waiting at most `rap_max_wait` (`rap_max_wait_ms`, default 1000 ms).
+    pub switch_on_rap: bool,
+    pub rap_max_wait: Duration,
+    /// TR 101 290 1.6 PID_error period (`pid_error_period_ms`, default 5000 ms).
+    pub pid_error_period: Duration,
+    /// Switch mode: sampled failover rules (`[[channel.rule]]`), applied to every source.
+    pub rules: Vec<crate::rules::RuleSpec>,
     /// At least one; network sources never overlap each other's receive addresses.
     pub sources: Vec<SourceConfig>,
     /// At least one; never a source of the same channel, never another output's destination.
@@ -504,13 +582,113 @@ mode = "smpte-2022-7"
 
     #[test]
     fn unsupported_modes_are_rejected() {
-        for mode in ["switch", "content-merge"] {
+        for mode in ["content-merge"] {
             let text = replace("\"smpte-2022-7\"", &format!("\"{mode}\""));
             let says = format!(
-                "mode \"{mode}\" is not supported yet in this build (planned); use \"smpte-2022-7\""
+                "mode \"{mode}\" is not supported yet in this build (planned); use \"smpte-2022-7\" or \"switch\""
             );
             expect_at(&text, &format!("\"{mode}\""), 0, "channel.mode", &says);
         }
+    }
+
+    #[test]
+    fn switch_channel_with_rules_stage_and_slate() {
+        let text = replace("\"smpte-2022-7\"", "\"switch\"")
+            + r#"
+  [[channel.source]]
+  name = "slate"
+  url = "file://slate.ts"
+  role = "slate"
+
+  [[channel.rule]]
+  condition = "p1-transport-errors"
+  sample_duration_s = 10
+  samples = 6
+  threshold = 2
+  pid = 256
+
+  [[channel.rule]]
+  condition = "low-bitrate"
+  sample_duration_s = 1
+  samples = 3
+  threshold = 3
+  min_kbps = 1500
+"#;
+        let text = text.replacen(
+            "mode = \"switch\"",
+            "mode = \"switch\"\nclear_time_ms = 2000\nstage = \"pre-live\"\nmuted = true",
+            1,
+        );
+        let cfg = Config::from_str(&text, Some(Path::new("/etc/hitless/site.toml"))).unwrap();
+        let ch = &cfg.channels[0];
+        assert_eq!(ch.mode, Mode::Switch);
+        assert_eq!(ch.stage, Stage::PreLive);
+        assert_eq!(ch.clear_time, Duration::from_millis(2000));
+        assert!(ch.muted && !ch.disabled);
+        assert_eq!(ch.sources[2].role, Role::Slate);
+        assert_eq!(
+            ch.sources[2].url.path.as_deref(),
+            Some(Path::new("/etc/hitless/slate.ts"))
+        );
+        assert_eq!(ch.rules.len(), 2);
+        assert_eq!(ch.rules[0].pid, Some(crate::ts::Pid(256)));
+        assert_eq!(ch.rules[0].sample_duration, Duration::from_secs(10));
+        assert_eq!(
+            (
+                ch.rules[1].samples,
+                ch.rules[1].threshold,
+                ch.rules[1].min_kbps
+            ),
+            (3, 3, Some(1500))
+        );
+    }
+
+    #[test]
+    fn rule_errors_name_the_key_and_fix() {
+        let sw = replace("\"smpte-2022-7\"", "\"switch\"");
+        let with = |rule: &str| format!("{sw}\n  [[channel.rule]]\n{rule}\n");
+        let e = parse(&with("  condition = \"low-bitrate\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("low-bitrate needs min_kbps"), "{e}");
+        let e = parse(&with(
+            "  condition = \"p1-transport-errors\"\n  samples = 3\n  threshold = 4",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("threshold = 4 is out of range 1..=3"), "{e}");
+        let e = parse(&with("  condition = \"frozen-video\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not supported yet in this build (planned: content analysis)"),
+            "{e}"
+        );
+        let e = parse(&with("  condition = \"black\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a rule condition — use one of"), "{e}");
+        let e = parse(&format!(
+            "{BASE}\n  [[channel.rule]]\n  condition = \"low-bitrate\"\n  min_kbps = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("failover rules apply to mode = \"switch\""),
+            "{e}"
+        );
+        let e = parse(&sw.replacen(
+            "mode = \"switch\"",
+            "mode = \"switch\"\nstage = \"live-ish\"",
+            1,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("site.toml:8:9: ")
+                && e.contains("use one of \"pre-live\", \"live\", \"post-live\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -948,7 +1126,7 @@ mode = "smpte-2022-7"
 
     #[test]
     fn every_finding_is_reported_one_per_line() {
-        let text = replace("\"smpte-2022-7\"", "\"switch\"")
+        let text = replace("\"smpte-2022-7\"", "\"content-merge\"")
             .replace("name = \"b\"", "name = \"a\"")
             .replace("rtp://127.0.0.1:6000", "rtp://127.0.0.1:5000");
         let e = parse(&text).unwrap_err();
@@ -957,7 +1135,7 @@ mode = "smpte-2022-7"
         let lines: Vec<&str> = shown.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
-            lines[0].starts_with("site.toml:7:8: channel \"news\": mode \"switch\""),
+            lines[0].starts_with("site.toml:7:8: channel \"news\": mode \"content-merge\""),
             "{e}"
         );
         assert!(
@@ -980,7 +1158,7 @@ mode = "smpte-2022-7"
             "{e}"
         );
         let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, replace("\"smpte-2022-7\"", "\"switch\"")).unwrap();
+        std::fs::write(&bad, replace("\"smpte-2022-7\"", "\"content-merge\"")).unwrap();
         let e = Config::load(&bad).unwrap_err();
         assert!(
             e.to_string()

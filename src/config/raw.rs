@@ -57,6 +57,33 @@ pub(super) struct RawChannel {
     /// Milliseconds (>= 1) a leg may stay silent before it is considered lost, after which
     /// gaps no longer wait for it. Default 100.
     pub leg_timeout_ms: Option<Spanned<u64>>,
+    /// Switch mode: milliseconds (>= 0) a higher-priority source must stay healthy before the
+    /// channel switches back to it. Default 5000.
+    pub clear_time_ms: Option<Spanned<u64>>,
+    /// Switch mode: failures (>= 1) within `holddown_period_ms` that hold a flapping source
+    /// down. Default 3.
+    pub holddown_failures: Option<Spanned<u64>>,
+    /// Switch mode: milliseconds over which failures are counted. Default 60000.
+    pub holddown_period_ms: Option<Spanned<u64>>,
+    /// Switch mode: milliseconds a flapping source stays held down. Default 30000.
+    pub holddown_ms: Option<Spanned<u64>>,
+    /// Switch mode: live-event stage at start, `"pre-live"` | `"live"` | `"post-live"`.
+    /// Default `"live"`.
+    pub stage: Option<Spanned<String>>,
+    /// Configured but not running. Default false.
+    pub disabled: Option<bool>,
+    /// No error/recovery notifications or warning logs (metrics still counted). Default false.
+    pub muted: Option<bool>,
+    /// Switch mode: land every switch on a random access point of the new source.
+    /// Default false.
+    pub switch_on_rap: Option<bool>,
+    /// Switch mode: milliseconds (1..=10000) a `switch_on_rap` switch may wait. Default 1000.
+    pub rap_max_wait_ms: Option<Spanned<u64>>,
+    /// TR 101 290 1.6 PID_error period in milliseconds (>= 100). Default 5000.
+    pub pid_error_period_ms: Option<Spanned<u64>>,
+    /// `[[channel.rule]]`: sampled failover rules (switch mode).
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawRule>>,
     /// `[[channel.source]]`: the legs. At least one.
     #[serde(default)]
     pub source: Vec<Spanned<RawSource>>,
@@ -88,4 +115,25 @@ pub(super) struct RawOutput {
     /// Destination URL: `udp://` or `rtp://`, unicast or multicast (`?ttl=N&iface=IP`).
     /// Required.
     pub url: Option<Spanned<String>>,
+}
+
+/// `[[channel.rule]]`: a sampled failover rule. Time is cut into windows of
+/// `sample_duration_s`; a window is in error when the condition occurred in it; the source
+/// is unhealthy while at least `threshold` of the last `samples` windows are in error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    /// `"p1-transport-errors"` | `"low-bitrate"` (later: `"unrecovered-packets"`,
+    /// `"frozen-video"`, `"blank-picture"`, `"silent-audio"`). Required.
+    pub condition: Option<Spanned<String>>,
+    /// Seconds (> 0, fractions allowed) per sample window. Default 10.
+    pub sample_duration_s: Option<Spanned<f64>>,
+    /// Windows looked at (1..=128). Default 6.
+    pub samples: Option<Spanned<u64>>,
+    /// Windows in error that fail the source (1..=samples). Default 2.
+    pub threshold: Option<Spanned<u64>>,
+    /// Only count errors on this PID (0..=8191), for `p1-transport-errors`.
+    pub pid: Option<Spanned<u64>>,
+    /// `low-bitrate` only, required there: kbit/s below which a window is in error.
+    pub min_kbps: Option<Spanned<u64>>,
 }

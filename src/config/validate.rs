@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawChannel, RawConfig, RawNode, RawOutput, RawSource};
+use super::raw::{RawChannel, RawConfig, RawNode, RawOutput, RawRule, RawSource};
 use super::{
-    ChannelConfig, Config, ConfigError, DEFAULT_HTTP_LISTEN, DEFAULT_LEG_TIMEOUT_MS,
+    ChannelConfig, Config, ConfigError, DEFAULT_CLEAR_TIME_MS, DEFAULT_HOLDDOWN_FAILURES,
+    DEFAULT_HOLDDOWN_MS, DEFAULT_HOLDDOWN_PERIOD_MS, DEFAULT_HTTP_LISTEN, DEFAULT_LEG_TIMEOUT_MS,
     DEFAULT_MAX_BITRATE_MBPS, DEFAULT_MERGE_WINDOW_MS, DEFAULT_NODE_NAME,
-    DEFAULT_OFFLINE_WINDOW_MS, DEFAULT_RECV_BUFFER_BYTES, Diagnostic, EMBEDDED_NAME,
-    MAX_BITRATE_MBPS, MAX_MERGE_WINDOW_MS, MAX_RECV_BUFFER_BYTES, Mode, NodeConfig, OutputConfig,
-    Role, SourceConfig,
+    DEFAULT_OFFLINE_WINDOW_MS, DEFAULT_PID_ERROR_PERIOD_MS, DEFAULT_RAP_MAX_WAIT_MS,
+    DEFAULT_RECV_BUFFER_BYTES, Diagnostic, EMBEDDED_NAME, HoldDownConfig, MAX_BITRATE_MBPS,
+    MAX_MERGE_WINDOW_MS, MAX_RECV_BUFFER_BYTES, Mode, NodeConfig, OutputConfig, Role, SourceConfig,
+    Stage,
 };
+use crate::rules::{Condition, RuleSpec};
+use crate::ts::Pid;
 use crate::url::{Scheme, StreamUrl};
 
 /// Parse and validate; see [`Config::from_str`].
@@ -323,6 +327,104 @@ impl Validator<'_> {
             "the default is 100",
         );
 
+        let clear_ms = self.ranged(
+            &ch.clear_time_ms,
+            DEFAULT_CLEAR_TIME_MS,
+            (0, 3_600_000),
+            &who,
+            "channel.clear_time_ms",
+            "milliseconds",
+            "how long a better source must stay healthy before switching back; default 5000",
+        );
+        let hd_failures = self.ranged(
+            &ch.holddown_failures,
+            DEFAULT_HOLDDOWN_FAILURES,
+            (1, 1000),
+            &who,
+            "channel.holddown_failures",
+            "failures",
+            "default 3",
+        );
+        let hd_period_ms = self.ranged(
+            &ch.holddown_period_ms,
+            DEFAULT_HOLDDOWN_PERIOD_MS,
+            (1, 86_400_000),
+            &who,
+            "channel.holddown_period_ms",
+            "milliseconds",
+            "default 60000",
+        );
+        let hd_ms = self.ranged(
+            &ch.holddown_ms,
+            DEFAULT_HOLDDOWN_MS,
+            (0, 86_400_000),
+            &who,
+            "channel.holddown_ms",
+            "milliseconds",
+            "default 30000; 0 disables the hold-down",
+        );
+        let rap_ms = self.ranged(
+            &ch.rap_max_wait_ms,
+            DEFAULT_RAP_MAX_WAIT_MS,
+            (1, 10_000),
+            &who,
+            "channel.rap_max_wait_ms",
+            "milliseconds",
+            "about one GOP; default 1000",
+        );
+        let pid_err_ms = self.ranged(
+            &ch.pid_error_period_ms,
+            DEFAULT_PID_ERROR_PERIOD_MS,
+            (100, 3_600_000),
+            &who,
+            "channel.pid_error_period_ms",
+            "milliseconds",
+            "TR 101 290 suggests 5000 (the default)",
+        );
+        let stage = match &ch.stage {
+            None => Stage::Live,
+            Some(st) => match Stage::parse(st.get_ref()) {
+                Some(x) => x,
+                None => {
+                    self.report(
+                        st.span(),
+                        "channel.stage",
+                        format!(
+                            "{who}: stage {:?} is not a valid stage — use one of \"pre-live\", \"live\", \"post-live\"",
+                            st.get_ref()
+                        ),
+                    );
+                    Stage::Live
+                }
+            },
+        };
+        for key in [
+            ("clear_time_ms", ch.clear_time_ms.as_ref().map(|v| v.span())),
+            ("stage", ch.stage.as_ref().map(|v| v.span())),
+            (
+                "holddown_failures",
+                ch.holddown_failures.as_ref().map(|v| v.span()),
+            ),
+            (
+                "rap_max_wait_ms",
+                ch.rap_max_wait_ms.as_ref().map(|v| v.span()),
+            ),
+        ] {
+            if let (Some(span), true) = (key.1, mode != Mode::Switch) {
+                self.report(
+                    span,
+                    &format!("channel.{}", key.0),
+                    format!("{who}: {} only applies to mode = \"switch\" — remove it from this {mode} channel", key.0),
+                );
+            }
+        }
+        let mut rules = Vec::new();
+        for r in ch.rule {
+            if let Some(spec) = self.rule(&who, mode, r) {
+                rules.push(spec);
+            }
+        }
+
         if ch.source.is_empty() {
             self.report(
                 header.clone(),
@@ -366,6 +468,19 @@ impl Validator<'_> {
             auto_switch_to_preferred: ch.auto_switch_to_preferred.unwrap_or(true),
             max_bitrate_bps: mbps * 1_000_000,
             leg_timeout: Duration::from_millis(leg_timeout_ms),
+            clear_time: Duration::from_millis(clear_ms),
+            holddown: HoldDownConfig {
+                failures: hd_failures as u32,
+                period: Duration::from_millis(hd_period_ms),
+                hold: Duration::from_millis(hd_ms),
+            },
+            stage,
+            disabled: ch.disabled.unwrap_or(false),
+            muted: ch.muted.unwrap_or(false),
+            switch_on_rap: ch.switch_on_rap.unwrap_or(false),
+            rap_max_wait: Duration::from_millis(rap_ms),
+            pid_error_period: Duration::from_millis(pid_err_ms),
+            rules,
             sources,
             outputs,
         }
@@ -387,7 +502,7 @@ impl Validator<'_> {
                 self.report(
                     m.span(),
                     "channel.mode",
-                    format!("{who}: mode \"{mode}\" is not supported yet in this build (planned); use \"smpte-2022-7\""),
+                    format!("{who}: mode \"{mode}\" is not supported yet in this build (planned); use \"smpte-2022-7\" or \"switch\""),
                 );
                 mode
             }
@@ -409,6 +524,150 @@ impl Validator<'_> {
                 Mode::Smpte2022_7
             }
         }
+    }
+
+    /// One `[[channel.rule]]` → a checked [`RuleSpec`].
+    fn rule(&mut self, who: &str, mode: Mode, r: Spanned<RawRule>) -> Option<RuleSpec> {
+        let span = r.span();
+        let r = r.into_inner();
+        if mode != Mode::Switch {
+            self.report(
+                span.clone(),
+                "channel.rule",
+                format!("{who}: failover rules apply to mode = \"switch\" (a {mode} channel merges its legs and has no source to fail over to) — remove the [[channel.rule]]"),
+            );
+            return None;
+        }
+        let Some(cond) = &r.condition else {
+            self.report(
+                span,
+                "channel.rule.condition",
+                format!("{who}: rule without `condition` — add condition = \"p1-transport-errors\" or \"low-bitrate\""),
+            );
+            return None;
+        };
+        let Some(condition) = Condition::ALL
+            .into_iter()
+            .find(|c| c.label() == cond.get_ref())
+        else {
+            self.report(
+                cond.span(),
+                "channel.rule.condition",
+                format!(
+                    "{who}: condition {:?} is not a rule condition — use one of {}",
+                    cond.get_ref(),
+                    Condition::ALL
+                        .iter()
+                        .map(|c| format!("\"{c}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            return None;
+        };
+        let wrule = format!("{who} rule \"{condition}\"");
+        if condition == Condition::UnrecoveredPackets || !condition.is_supported() {
+            self.report(
+                cond.span(),
+                "channel.rule.condition",
+                format!("{wrule}: not supported yet in this build (planned: {}) — use \"p1-transport-errors\" or \"low-bitrate\"",
+                    if condition == Condition::UnrecoveredPackets { "content-merge mode" } else { "content analysis" }),
+            );
+            return None;
+        }
+        let dur = match &r.sample_duration_s {
+            None => 10.0,
+            Some(d) => {
+                let v = *d.get_ref();
+                if !(v.is_finite() && (0.001..=3600.0).contains(&v)) {
+                    self.report(
+                        d.span(),
+                        "channel.rule.sample_duration_s",
+                        format!("{wrule}: sample_duration_s = {v} is out of range 0.001..=3600 (seconds) — the reference example uses 10"),
+                    );
+                    return None;
+                }
+                v
+            }
+        };
+        let samples = self.ranged(
+            &r.samples,
+            6,
+            (1, 128),
+            &wrule,
+            "channel.rule.samples",
+            "windows",
+            "the reference example uses 6",
+        );
+        let threshold = self.ranged(
+            &r.threshold,
+            2.min(samples),
+            (1, samples),
+            &wrule,
+            "channel.rule.threshold",
+            "windows in error",
+            "at most `samples`; the reference example uses 2 of 6",
+        );
+        let pid = match &r.pid {
+            None => None,
+            Some(p) if *p.get_ref() > 0x1fff || !condition.takes_pid() => {
+                self.report(
+                    p.span(),
+                    "channel.rule.pid",
+                    if condition.takes_pid() {
+                        format!(
+                            "{wrule}: pid = {} is not a 13-bit PID (0..=8191)",
+                            p.get_ref()
+                        )
+                    } else {
+                        format!("{wrule}: pid does not apply to {condition} — remove it")
+                    },
+                );
+                return None;
+            }
+            Some(p) => Some(Pid(*p.get_ref() as u16)),
+        };
+        let min_kbps = match (&r.min_kbps, condition) {
+            (Some(k), Condition::LowBitrate)
+                if *k.get_ref() > 0 && *k.get_ref() <= u32::MAX as u64 =>
+            {
+                Some(*k.get_ref() as u32)
+            }
+            (Some(k), Condition::LowBitrate) => {
+                self.report(
+                    k.span(),
+                    "channel.rule.min_kbps",
+                    format!("{wrule}: min_kbps must be a positive number of kbit/s"),
+                );
+                return None;
+            }
+            (Some(k), _) => {
+                self.report(
+                    k.span(),
+                    "channel.rule.min_kbps",
+                    format!("{wrule}: min_kbps only applies to \"low-bitrate\" — remove it"),
+                );
+                return None;
+            }
+            (None, Condition::LowBitrate) => {
+                self.report(span, "channel.rule.min_kbps", format!("{wrule}: low-bitrate needs min_kbps — e.g. min_kbps = 2000 for a 2.5 Mbit/s channel"));
+                return None;
+            }
+            (None, _) => None,
+        };
+        let spec = RuleSpec {
+            condition,
+            sample_duration: Duration::from_secs_f64(dur),
+            samples: samples as u32,
+            threshold: threshold as u32,
+            pid,
+            min_kbps,
+        };
+        if let Err(e) = spec.validate() {
+            self.report(span, "channel.rule", format!("{wrule}: {e}"));
+            return None;
+        }
+        Some(spec)
     }
 
     /// Returns the source's display label and config when its URL is usable for the
