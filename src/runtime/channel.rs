@@ -78,12 +78,14 @@ impl MergeChannel {
         let mut armed: Option<Instant> = None;
         let mut first = 0usize;
         loop {
-            let deadline = self.merger.poll_timeout();
-            if deadline != armed {
-                if let Some(t) = deadline {
-                    timer.as_mut().reset(tokio::time::Instant::from_std(t));
-                }
-                armed = deadline;
+            // Re-arm only when the deadline moves earlier (or nothing is armed): it moves later
+            // with almost every packet (a leg's silence deadline), and a timer that fires early
+            // is harmless (handle_timeout does what is due and the timer is armed again).
+            if let Some(t) = self.merger.poll_timeout()
+                && armed.is_none_or(|a| t < a)
+            {
+                timer.as_mut().reset(tokio::time::Instant::from_std(t));
+                armed = Some(t);
             }
             let legs = &self.legs;
             let wake = poll_fn(|cx| {

@@ -1,6 +1,12 @@
-//! The gateway at run time: one tokio task per channel, owning its sockets, its merger and
-//! its counters. Nothing is shared between channels and nothing is locked on the packet
-//! path; the HTTP side asks a channel for a [`ChannelSnapshot`] over a command queue.
+//! The gateway at run time: one thread per channel, running a single-threaded tokio runtime
+//! that owns the channel's sockets, its state machines and its counters. Nothing is shared
+//! between channels and nothing is locked on the packet path; packets never cross a thread.
+//! The HTTP side (on the main runtime) asks a channel for a [`ChannelSnapshot`] over a
+//! command queue.
+//!
+//! A thread per channel rather than tasks on a shared work-stealing pool: the socket's
+//! readiness wakes the thread that owns the socket directly, with no scheduler hop, which is
+//! what keeps a busy channel from overflowing its receive buffer.
 
 mod channel;
 
@@ -8,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::config::{ChannelConfig, Config, Mode, Role};
 use crate::ingest::Leg;
@@ -27,6 +32,8 @@ pub enum RuntimeError {
     Net { channel: String, source: NetError },
     #[error("channel {channel:?}: mode {mode:?} is not supported by this build")]
     Unsupported { channel: String, mode: Mode },
+    #[error("channel {channel:?}: cannot start its thread: {source}")]
+    Thread { channel: String, source: std::io::Error },
 }
 
 /// Everything the API and metrics show about one channel.
@@ -90,11 +97,11 @@ pub struct OutputSnapshot {
     pub errors: u64,
 }
 
-/// Handle to a running channel task.
+/// Handle to a running channel thread.
 pub struct ChannelHandle {
     pub name: String,
     tx: mpsc::Sender<Command>,
-    join: JoinHandle<()>,
+    join: std::thread::JoinHandle<()>,
 }
 
 impl ChannelHandle {
@@ -115,24 +122,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Bind every socket of every channel, then start the channel tasks. Binding all
-    /// sockets first means a bad port fails the start instead of half-running.
-    /// Must be called inside a tokio runtime.
+    /// Start one thread per enabled channel; each binds its sockets first and reports back,
+    /// so a bad port fails the start instead of half-running (threads already started are
+    /// stopped again).
     pub fn start(cfg: &Config) -> Result<Gateway, RuntimeError> {
-        let mut prepared = Vec::new();
-        for ch in &cfg.channels {
-            prepared.push(prepare(ch)?);
+        let mut gw = Gateway { channels: Vec::new() };
+        for ch in cfg.channels.iter().filter(|c| !c.disabled) {
+            match start_channel(ch) {
+                Ok(h) => gw.channels.push(h),
+                Err(e) => {
+                    gw.stop_threads();
+                    return Err(e);
+                }
+            }
         }
-        let channels = prepared
-            .into_iter()
-            .map(|task| {
-                let (tx, rx) = mpsc::channel(16);
-                let name = task.name().to_owned();
-                let join = tokio::spawn(task.run(rx));
-                ChannelHandle { name, tx, join }
-            })
-            .collect();
-        Ok(Gateway { channels })
+        for ch in cfg.channels.iter().filter(|c| c.disabled) {
+            tracing::info!(channel = %ch.name, "channel disabled in the configuration: not started");
+        }
+        Ok(gw)
+    }
+
+    fn stop_threads(&mut self) {
+        for c in self.channels.drain(..) {
+            let _ = c.tx.try_send(Command::Shutdown);
+            let _ = c.join.join();
+        }
     }
 
     pub async fn snapshots(&self) -> Vec<ChannelSnapshot> {
@@ -150,9 +164,51 @@ impl Gateway {
         let last = self.snapshots().await;
         for c in self.channels {
             let _ = c.tx.send(Command::Shutdown).await;
-            let _ = c.join.await;
+            let _ = tokio::task::spawn_blocking(move || c.join.join()).await;
         }
         last
+    }
+}
+
+/// Spawn the channel's thread and wait until it has bound its sockets (or failed to).
+fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
+    let (tx, rx) = mpsc::channel(16);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let cfg = ch.clone();
+    let name = ch.name.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("ch-{}", ch.name))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(RuntimeError::Thread { channel: cfg.name.clone(), source: e }));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match prepare(&cfg) {
+                    Ok(task) => {
+                        let _ = ready_tx.send(Ok(()));
+                        task.run(rx).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|source| RuntimeError::Thread { channel: ch.name.clone(), source })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(ChannelHandle { name, tx, join }),
+        Ok(Err(e)) => {
+            let _ = join.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = join.join();
+            Err(RuntimeError::Thread { channel: name, source: std::io::Error::other("channel thread ended during start") })
+        }
     }
 }
 
