@@ -68,10 +68,6 @@ impl MergeChannel {
         }
     }
 
-    pub(super) fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut timer: Pin<Box<Sleep>> =
             Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
