@@ -873,3 +873,456 @@ pub struct P1Report {
     pub programs: Vec<ProgramReport>,
     pub pids: Vec<PidReport>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::psi::tests::{pat, pmt};
+    use crate::tools::pace;
+    use proptest::prelude::*;
+
+    /// The one real clock reading of these tests: every other time is `base() + Duration`.
+    #[allow(clippy::disallowed_methods)]
+    fn base() -> Instant {
+        Instant::now()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    type Pkt = [u8; PACKET_LEN];
+
+    /// A testdata file as (PCR-derived arrival offset, packet).
+    fn stream(name: &str) -> Vec<(Duration, Pkt)> {
+        let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        let data = std::fs::read(&path).expect("testdata file");
+        let n = data.len() / PACKET_LEN;
+        let (pid, pcrs) = pace::collect_pcrs(&data, None).expect("PCRs");
+        let s = pace::from_pcrs(n, pid, &pcrs).expect("schedule");
+        data.chunks_exact(PACKET_LEN)
+            .zip(&s.packet_ticks)
+            .map(|(p, &t)| {
+                let mut a = [0u8; PACKET_LEN];
+                a.copy_from_slice(p);
+                (Duration::from_nanos(t * 1000 / 27), a)
+            })
+            .collect()
+    }
+
+    fn pid_of(p: &Pkt) -> u16 {
+        u16::from(p[1] & 0x1f) << 8 | u16::from(p[2])
+    }
+
+    fn run(t0: Instant, pkts: &[(Duration, Pkt)]) -> Tr101290 {
+        let mut a = Tr101290::new(P1Config::default());
+        for (t, p) in pkts {
+            a.push(t0 + *t, p);
+        }
+        a
+    }
+
+    /// Errors a timer of `period` raises when sections at `last` and then `next` arrive:
+    /// one at every instant `last + k·period + 1 ns ≤ next`, k ≥ 1.
+    fn timeouts(last: Duration, next: Duration, period: Duration) -> u64 {
+        let mut n = 0;
+        let mut due = last + period + Duration::from_nanos(1);
+        while due <= next {
+            n += 1;
+            due += period;
+        }
+        n
+    }
+
+    /// Drop every packet of `pid` in `[from, to)`; returns (stream, last time kept before,
+    /// first time kept after, payload packets dropped).
+    fn cut(
+        pkts: &[(Duration, Pkt)],
+        pid: u16,
+        from: Duration,
+        to: Duration,
+    ) -> (Vec<(Duration, Pkt)>, Duration, Duration, usize) {
+        let hit = |(t, p): &(Duration, Pkt)| pid_of(p) == pid && *t >= from && *t < to;
+        let before = pkts
+            .iter()
+            .filter(|x| pid_of(&x.1) == pid && x.0 < from)
+            .map(|x| x.0)
+            .last()
+            .expect("a packet before");
+        let after = pkts
+            .iter()
+            .find(|x| pid_of(&x.1) == pid && x.0 >= to)
+            .expect("a packet after")
+            .0;
+        let dropped = pkts.iter().filter(|x| hit(x)).count();
+        let kept = pkts.iter().filter(|x| !hit(x)).copied().collect();
+        (kept, before, after, dropped)
+    }
+
+    /// A packet carrying one whole section (pointer_field 0, 0xFF stuffing).
+    fn psi_packet(pid: u16, cc: u8, section: &[u8]) -> Pkt {
+        let mut p = [0xffu8; PACKET_LEN];
+        p[0] = SYNC_BYTE;
+        p[1] = 0x40 | (pid >> 8) as u8;
+        p[2] = pid as u8;
+        p[3] = 0x10 | (cc & 0x0f);
+        p[4] = 0;
+        p[5..5 + section.len()].copy_from_slice(section);
+        p
+    }
+
+    fn only(a: &Tr101290, want: &[(Indicator, u64)]) {
+        for i in Indicator::ALL {
+            let n = want.iter().find(|w| w.0 == i).map_or(0, |w| w.1);
+            assert_eq!(a.count(i), n, "{}", i.label());
+        }
+    }
+
+    #[test]
+    fn clean_testdata_has_no_p1_errors() {
+        for name in ["h264_aac.ts", "mpeg2_mp2.ts"] {
+            let pkts = stream(name);
+            let a = run(base(), &pkts);
+            assert_eq!(a.errors_total(), 0, "{name}: {:?}", a.counts());
+            assert_eq!(a.crc_errors(), 0);
+            assert_eq!(a.sync_state(), SyncState::InSync);
+            let r = a.report();
+            assert_eq!(r.pmt_pids, vec![0x1000], "{name}");
+            let es: Vec<u16> = r.programs[0].streams.iter().map(|s| s.pid).collect();
+            assert_eq!(es, vec![0x100, 0x101]);
+            assert_eq!(r.programs[0].pcr_pid, Some(0x100));
+            assert_eq!(r.packets, pkts.len() as u64);
+            assert!(r.pids.iter().any(|p| p.pid == 0x1fff && p.kind == "null"));
+        }
+    }
+
+    #[test]
+    fn sync_byte_error_and_sync_loss() {
+        let pkts = stream("h264_aac.ts");
+        let t0 = base();
+        // One bad sync byte on a null packet: 1.2 only.
+        let null = (1000..).find(|&i| pid_of(&pkts[i].1) == 0x1fff).unwrap();
+        let mut v = pkts.clone();
+        v[null].1[0] = 0x46;
+        let a = run(t0, &v);
+        only(&a, &[(Indicator::SyncByteError, 1)]);
+        assert_eq!(a.errors_for_pid(Pid(0x1fff)), 0);
+        // On a video packet, the packet is lost too: its PID shows a continuity error.
+        let vid = (1000..).find(|&i| pid_of(&pkts[i].1) == 0x100).unwrap();
+        let mut v = pkts.clone();
+        v[vid].1[0] = 0x00;
+        let a = run(t0, &v);
+        only(
+            &a,
+            &[
+                (Indicator::SyncByteError, 1),
+                (Indicator::ContinuityCountError, 1),
+            ],
+        );
+        // Two in a row: sync lost once; what follows re-acquires without other errors.
+        let mut v = pkts.clone();
+        v[2000].1[0] = 0x00;
+        v[2001].1[0] = 0xb8;
+        let mut a = Tr101290::new(P1Config::default());
+        for (t, p) in &v[..2002] {
+            a.push(t0 + *t, p);
+        }
+        assert_eq!(a.sync_state(), SyncState::Lost);
+        assert_eq!(
+            a.poll_timeout(),
+            None,
+            "timers suspended while sync is lost"
+        );
+        for (t, p) in &v[2002..] {
+            a.push(t0 + *t, p);
+        }
+        assert_eq!(a.sync_state(), SyncState::InSync);
+        only(
+            &a,
+            &[(Indicator::SyncByteError, 2), (Indicator::TsSyncLoss, 1)],
+        );
+        let ev: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[2].indicator, Indicator::TsSyncLoss);
+        assert_eq!(ev[2].at, t0 + v[2001].0);
+    }
+
+    #[test]
+    fn lost_packet_is_one_continuity_error() {
+        let mut pkts = stream("h264_aac.ts");
+        let i = (3000..).find(|&i| pid_of(&pkts[i].1) == 0x100).unwrap();
+        pkts.remove(i);
+        let a = run(base(), &pkts);
+        only(&a, &[(Indicator::ContinuityCountError, 1)]);
+        assert_eq!(a.errors_for_pid(Pid(0x100)), 1);
+        assert_eq!(a.errors_for_pid(Pid(0x101)), 0);
+        let r = a.report();
+        let v = r.pids.iter().find(|p| p.pid == 0x100).unwrap();
+        assert_eq!((v.cc_errors, v.kind), (1, "es"));
+    }
+
+    #[test]
+    fn one_duplicate_is_legal_more_are_errors() {
+        let pkts = stream("h264_aac.ts");
+        let i = (3000..).find(|&i| pid_of(&pkts[i].1) == 0x100).unwrap();
+        for (copies, errors) in [(2, 0), (3, 1), (4, 2)] {
+            let mut v = pkts.clone();
+            for _ in 1..copies {
+                v.insert(i, pkts[i]);
+            }
+            let a = run(base(), &v);
+            only(&a, &[(Indicator::ContinuityCountError, errors)]);
+        }
+        // A duplicated PAT packet is not parsed twice and raises nothing.
+        let pat_i = (3000..).find(|&i| pid_of(&pkts[i].1) == 0).unwrap();
+        let mut v = pkts.clone();
+        v.insert(pat_i, pkts[pat_i]);
+        assert_eq!(run(base(), &v).errors_total(), 0);
+    }
+
+    #[test]
+    fn discontinuity_indicator_resets_and_null_pid_is_excluded() {
+        let t0 = base();
+        let mut a = Tr101290::new(P1Config::default());
+        let pkt = |pid: u16, cc: u8| crate::ts::tests::ts(pid, cc);
+        for cc in [0, 1, 2] {
+            a.push(t0, &pkt(0x44, cc));
+        }
+        // discontinuity_indicator: adaptation field with the flag, then payload.
+        let mut d = pkt(0x44, 9);
+        d[3] = 0x30 | 9;
+        d[4] = 1;
+        d[5] = 0x80;
+        a.push(t0, &d);
+        a.push(t0, &pkt(0x44, 10));
+        // Adaptation-only packet keeps the counter; changing it is an error.
+        let mut af = pkt(0x44, 10);
+        af[3] = 0x20 | 10;
+        af[4] = 183;
+        af[5] = 0;
+        a.push(t0, &af);
+        a.push(t0, &pkt(0x44, 11));
+        for cc in [3, 9, 9, 9, 1] {
+            a.push(t0, &pkt(0x1fff, cc));
+        }
+        assert_eq!(a.errors_total(), 0);
+        af[3] = 0x20 | 5;
+        a.push(t0, &af);
+        assert_eq!(a.count(Indicator::ContinuityCountError), 1);
+    }
+
+    #[test]
+    fn pat_absent_for_one_second() {
+        let pkts = stream("h264_aac.ts");
+        let (v, last, next, dropped) = cut(&pkts, 0, 2 * 1000 * MS, 3 * 1000 * MS);
+        let t0 = base();
+        let mut a = Tr101290::new(P1Config::default());
+        for (t, p) in &v {
+            a.push(t0 + *t, p);
+        }
+        let n = timeouts(last, next, 500 * MS);
+        assert_eq!(n, 2, "a ~1.1 s gap is two periods of 0.5 s");
+        let cc = u64::from(dropped % 16 != 0);
+        only(
+            &a,
+            &[
+                (Indicator::PatError, n),
+                (Indicator::ContinuityCountError, cc),
+            ],
+        );
+        assert_eq!(a.errors_for_pid(PAT_PID), n + cc);
+        let first = std::iter::from_fn(|| a.poll_event())
+            .find(|e| e.indicator == Indicator::PatError)
+            .unwrap();
+        assert_eq!(first.at, t0 + last + 500 * MS + Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn pat_scrambled_or_wrong_table_id() {
+        let pkts = stream("h264_aac.ts");
+        let i = (2000..).find(|&i| pid_of(&pkts[i].1) == 0).unwrap();
+        let mut v = pkts.clone();
+        v[i].1[3] |= 0x80; // transport_scrambling_control = 10
+        only(&run(base(), &v), &[(Indicator::PatError, 1)]);
+        let mut v = pkts.clone();
+        v[i].1[5] = 0x42; // table_id of an SDT on PID 0
+        only(&run(base(), &v), &[(Indicator::PatError, 1)]);
+        // A corrupted PAT section is a CRC error (2.2), not a P1 error on its own.
+        let mut v = pkts.clone();
+        v[i].1[15] ^= 0x01;
+        let a = run(base(), &v);
+        assert_eq!((a.errors_total(), a.crc_errors()), (0, 1));
+    }
+
+    #[test]
+    fn pmt_absent_for_one_second_or_scrambled() {
+        let pkts = stream("mpeg2_mp2.ts");
+        let (v, last, next, dropped) = cut(&pkts, 0x1000, 2 * 1000 * MS, 3 * 1000 * MS);
+        let a = run(base(), &v);
+        let n = timeouts(last, next, 500 * MS);
+        assert!(n >= 1);
+        let cc = u64::from(dropped % 16 != 0);
+        only(
+            &a,
+            &[
+                (Indicator::PmtError, n),
+                (Indicator::ContinuityCountError, cc),
+            ],
+        );
+        assert_eq!(a.errors_for_pid(Pid(0x1000)), n + cc);
+        let i = (2000..).find(|&i| pid_of(&pkts[i].1) == 0x1000).unwrap();
+        let mut v = pkts.clone();
+        v[i].1[3] |= 0xc0;
+        only(&run(base(), &v), &[(Indicator::PmtError, 1)]);
+    }
+
+    #[test]
+    fn referenced_pid_absent_for_six_seconds() {
+        let pkts = stream("h264_aac.ts");
+        let (v, last, next, dropped) = cut(&pkts, 0x101, 1000 * MS, 7000 * MS);
+        let a = run(base(), &v);
+        let n = timeouts(last, next, Duration::from_secs(5));
+        assert_eq!(n, 1);
+        let cc = u64::from(dropped % 16 != 0);
+        only(
+            &a,
+            &[
+                (Indicator::PidError, 1),
+                (Indicator::ContinuityCountError, cc),
+            ],
+        );
+        assert_eq!(a.errors_for_pid(Pid(0x101)), 1 + cc);
+        // With a user period longer than the gap, nothing.
+        let mut b = Tr101290::new(P1Config {
+            pid_error_period: Duration::from_secs(7),
+            ..P1Config::default()
+        });
+        let t0 = base();
+        for (t, p) in &v {
+            b.push(t0 + *t, p);
+        }
+        assert_eq!(b.count(Indicator::PidError), 0);
+    }
+
+    #[test]
+    fn stopped_stream_raises_pat_pmt_then_pid_errors_on_timeout() {
+        let pkts = stream("h264_aac.ts");
+        let t0 = base();
+        let fed: Vec<_> = pkts.iter().filter(|x| x.0 < 2000 * MS).copied().collect();
+        let mut a = run(t0, &fed);
+        let last_of = |pid: u16| fed.iter().filter(|x| pid_of(&x.1) == pid).last().unwrap().0;
+        let step = |a: &mut Tr101290, until: Instant| {
+            while let Some(t) = a.poll_timeout().filter(|t| *t <= until) {
+                a.handle_timeout(t);
+            }
+        };
+        let end = fed.last().unwrap().0;
+        step(&mut a, t0 + end + 450 * MS);
+        only(&a, &[]);
+        // 1.2 s after the last packet: every 0.5 s period since the last PAT / PMT.
+        step(&mut a, t0 + end + 1200 * MS);
+        let stop = end + 1200 * MS;
+        only(
+            &a,
+            &[
+                (Indicator::PatError, timeouts(last_of(0), stop, 500 * MS)),
+                (
+                    Indicator::PmtError,
+                    timeouts(last_of(0x1000), stop, 500 * MS),
+                ),
+            ],
+        );
+        assert!(a.count(Indicator::PatError) >= 2);
+        // After 5 s without them, the referenced PIDs are in error too.
+        step(&mut a, t0 + end + 5100 * MS);
+        assert_eq!(a.count(Indicator::PidError), 2);
+        assert_eq!(a.errors_for_pid(Pid(0x100)), 1);
+        assert_eq!(a.errors_for_pid(Pid(0x101)), 1);
+        // Checking late gives the same counts as checking on time.
+        let mut b = run(t0, &fed);
+        b.handle_timeout(t0 + end + 5100 * MS);
+        assert_eq!(a.counts(), b.counts());
+    }
+
+    #[test]
+    fn synthetic_program_and_table_changes() {
+        let t0 = base();
+        let mut a = Tr101290::new(P1Config::default());
+        let mut t = t0;
+        for k in 0..5u8 {
+            a.push(t, &psi_packet(0, k, &pat(&[(0, 0x10), (1, 0x20)], 0)));
+            a.push(t, &psi_packet(0x20, k, &pmt(0x31, &[(0x1b, 0x31)], 0)));
+            a.push(t, &crate::ts::tests::ts(0x31, k));
+            t += 100 * MS;
+        }
+        assert_eq!(a.report().pmt_pids, vec![0x20]);
+        // New PAT version moves the program's PMT to 0x21, which then references 0x32.
+        for k in 5..12u8 {
+            a.push(t, &psi_packet(0, k, &pat(&[(1, 0x21)], 1)));
+            a.push(t, &psi_packet(0x21, k - 5, &pmt(0x32, &[(0x1b, 0x32)], 3)));
+            a.push(t, &crate::ts::tests::ts(0x32, k));
+            t += 100 * MS;
+        }
+        let r = a.report();
+        assert_eq!(r.pmt_pids, vec![0x21]);
+        assert_eq!(r.programs[0].streams[0].pid, 0x32);
+        assert_eq!(a.errors_total(), 0, "{:?}", a.counts());
+        a.handle_timeout(t + 5 * 1000 * MS);
+        assert_eq!(
+            a.errors_for_pid(Pid(0x31)),
+            0,
+            "0x31 is no longer referenced"
+        );
+        assert_eq!(a.errors_for_pid(Pid(0x32)), 1);
+    }
+
+    #[test]
+    fn event_queue_is_bounded() {
+        let t0 = base();
+        let mut a = Tr101290::new(P1Config::default());
+        for _ in 0..EVENT_QUEUE + 10 {
+            a.push(t0, &[0u8; PACKET_LEN]);
+        }
+        assert_eq!(a.count(Indicator::SyncByteError), (EVENT_QUEUE + 10) as u64);
+        assert_eq!(std::iter::from_fn(|| a.poll_event()).count(), EVENT_QUEUE);
+        assert_eq!(a.report().events_dropped, 10);
+        assert_eq!(Indicator::ALL.len(), Indicator::N);
+        let labels: Vec<_> = Indicator::ALL.iter().map(|i| i.label()).collect();
+        assert_eq!(labels[3], "continuity_count_error");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_packets_never_panic(
+            pkts in proptest::collection::vec(
+                (any::<bool>(), 0u16..4, proptest::collection::vec(any::<u8>(), PACKET_LEN)),
+                1..300,
+            ),
+            gaps_ms in proptest::collection::vec(0u64..400, 300),
+        ) {
+            let t0 = base();
+            let mut a = Tr101290::new(P1Config::default());
+            let mut t = t0;
+            // A valid PAT / PMT first so that the PSI paths see the garbage too.
+            a.push(t, &psi_packet(0, 0, &pat(&[(1, 0x20)], 0)));
+            a.push(t, &psi_packet(0x20, 0, &pmt(0x100, &[(0x1b, 0x100)], 0)));
+            for (i, (sync, pid_sel, mut p)) in pkts.into_iter().enumerate() {
+                if sync {
+                    p[0] = SYNC_BYTE;
+                    let pid = [0u16, 0x20, 0x100, 0x1fff][usize::from(pid_sel)];
+                    if i % 2 == 0 {
+                        p[1] = (p[1] & 0xe0) | (pid >> 8) as u8;
+                        p[2] = pid as u8;
+                    }
+                }
+                t += Duration::from_millis(gaps_ms[i % gaps_ms.len()]);
+                a.push(t, &p);
+                if let Some(d) = a.poll_timeout().filter(|d| *d <= t) {
+                    a.handle_timeout(d);
+                }
+                while a.poll_event().is_some() {}
+            }
+            a.push(t, &[0x47]);
+            a.handle_timeout(t + Duration::from_secs(30));
+            let r = a.report();
+            prop_assert_eq!(r.errors_total, a.counts().iter().sum::<u64>());
+        }
+    }
+}
