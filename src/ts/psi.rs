@@ -241,6 +241,11 @@ impl SectionAssembler {
         }
     }
 
+    /// Continuity counter of the last packet accepted.
+    pub fn last_cc(&self) -> Option<ContinuityCounter> {
+        self.last_cc
+    }
+
     fn finish(&mut self, on_section: &mut impl FnMut(Section<'_>)) {
         if let Some(s) = section_len(&self.buf)
             .filter(|&n| n <= self.buf.len())

@@ -378,7 +378,7 @@ impl Splicer {
             let (pid, start, end) = self.done[k];
             self.scratch.clear();
             self.scratch.extend_from_slice(&self.done_buf[start..end]);
-            self.emit_section(pid, Some(&pkt), false, out);
+            self.emit_section(pid, Some(&pkt), Some(p.cc()), false, out);
         }
     }
 
@@ -387,27 +387,31 @@ impl Splicer {
         self.psi_pending = false;
         let src = &self.sources[source];
         let Some(pat) = &src.pat else { return };
-        let mut tables: Vec<(Pid, Vec<u8>)> = vec![(Pid(0), pat.clone())];
+        let phase = |pid: Pid| src.asm.get(&pid).and_then(SectionAssembler::last_cc);
+        let mut tables: Vec<(Pid, Vec<u8>, Option<ContinuityCounter>)> =
+            vec![(Pid(0), pat.clone(), phase(Pid(0)))];
         for (n, pid) in &src.programs {
             if let Some(pmt) = src.pmts.get(n) {
-                tables.push((*pid, pmt.clone()));
+                tables.push((*pid, pmt.clone(), phase(*pid)));
             }
         }
-        for (pid, section) in tables {
+        for (pid, section, phase) in tables {
             self.scratch.clear();
             self.scratch.extend_from_slice(&section);
-            self.emit_section(pid, None, true, out);
+            self.emit_section(pid, None, phase, true, out);
         }
     }
 
     /// Emit the section in `scratch` on `pid`, with the output's version for its content.
     /// `src` is the source packet the section ended in: if the regenerated packet is
-    /// identical to it, it is sent instead (zero copy). `inserted` counts the packets as
-    /// inserted rather than rewritten.
+    /// identical to it, it is sent instead (zero copy). `phase` is the source's CC of the
+    /// section's last packet, used when the output has no CC on `pid` yet. `inserted` counts
+    /// the packets as inserted rather than rewritten.
     fn emit_section(
         &mut self,
         pid: Pid,
         src: Option<&Bytes>,
+        phase: Option<ContinuityCounter>,
         inserted: bool,
         out: &mut Vec<Bytes>,
     ) {
@@ -453,9 +457,7 @@ impl Splicer {
         } else {
             // First on this PID: take the source's phase, so an untouched stream stays
             // byte-identical (and zero copy).
-            let src_cc = src
-                .and_then(|b| TsPacket::try_new(b).map(|p| p.cc().0))
-                .unwrap_or(0);
+            let src_cc = phase.map_or(0, |c| c.0);
             ContinuityCounter((src_cc + 16 - ((n_packets - 1) % 16) as u8) & 0x0f)
         };
         if self.arena.capacity() - self.arena.len() < n_packets * PACKET_LEN {
@@ -500,4 +502,415 @@ pub fn is_random_access(p: &TsPacket<'_>) -> bool {
     let es = pl.get(9 + usize::from(pl[8])..).unwrap_or(&[]);
     es.windows(4)
         .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x80 == 0 && matches!(w[3] & 0x1f, 5 | 7))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ts::psi::{build_pat, build_pmt};
+    use crate::ts::{ContinuityCheck, packets};
+    use std::collections::HashSet;
+
+    /// PES-like packet on `pid`: optional unit start and PCR (in an adaptation field).
+    fn es(pid: u16, cc: u8, pusi: bool, pcr: Option<u64>) -> [u8; PACKET_LEN] {
+        let mut p = crate::ts::tests::ts(pid, cc);
+        if pusi {
+            p[1] |= 0x40;
+            p[4..8].copy_from_slice(&[0, 0, 1, 0xe0]);
+        }
+        if let Some(pcr) = pcr {
+            p[3] |= 0x20;
+            p[4] = 7;
+            p[5] = 0x10;
+            let (base, ext) = (pcr / 300, pcr % 300);
+            p[6] = (base >> 25) as u8;
+            p[7] = (base >> 17) as u8;
+            p[8] = (base >> 9) as u8;
+            p[9] = (base >> 1) as u8;
+            p[10] = ((base & 1) << 7) as u8 | 0x7e | (ext >> 8) as u8;
+            p[11] = ext as u8;
+            if pusi {
+                p[12..16].copy_from_slice(&[0, 0, 1, 0xe0]);
+            }
+        }
+        p
+    }
+
+    /// A synthetic source: PAT, PMT, a video PID with PCR, an audio PID, null packets.
+    struct Src {
+        pat: Vec<u8>,
+        pmt: Vec<u8>,
+        pmt_pid: u16,
+        video: u16,
+        audio: u16,
+        cc: HashMap<u16, u8>,
+        pcr: u64,
+        n: u64,
+    }
+
+    impl Src {
+        fn new(pmt_pid: u16, video: u16, audio: u16, version: u8, cc0: u8, pcr0: u64) -> Src {
+            let (vt, at) = if video == 0x100 {
+                (0x1b, 0x0f)
+            } else {
+                (0x02, 0x03)
+            };
+            Src {
+                pat: build_pat(1, version, &[(1, Pid(pmt_pid))]),
+                pmt: build_pmt(
+                    1,
+                    version,
+                    Pid(video),
+                    &[(vt, Pid(video)), (at, Pid(audio))],
+                ),
+                pmt_pid,
+                video,
+                audio,
+                cc: [
+                    (0, cc0),
+                    (pmt_pid, cc0 + 3),
+                    (video, cc0 + 5),
+                    (audio, cc0 + 9),
+                ]
+                .into_iter()
+                .map(|(p, c)| (p, c & 0x0f))
+                .collect(),
+                pcr: pcr0,
+                n: 0,
+            }
+        }
+        fn cc(&mut self, pid: u16) -> u8 {
+            let c = self.cc.get_mut(&pid).unwrap();
+            let v = *c;
+            *c = (v + 1) & 0x0f;
+            v
+        }
+        fn psi(&mut self, pid: u16) -> [u8; PACKET_LEN] {
+            let section = if pid == 0 {
+                self.pat.clone()
+            } else {
+                self.pmt.clone()
+            };
+            let mut v = Vec::new();
+            let cc = self.cc(pid);
+            psi::packetize(&section, Pid(pid), ContinuityCounter(cc), &mut v);
+            v.try_into().unwrap()
+        }
+        /// One datagram of 7 packets; PSI every 4th datagram.
+        fn datagram(&mut self) -> Bytes {
+            let mut d = Vec::new();
+            let (v, a) = (self.video, self.audio);
+            if self.n % 4 == 0 {
+                d.extend(self.psi(0));
+                d.extend(self.psi(self.pmt_pid));
+            } else {
+                d.extend(es(0x1fff, 0, false, None));
+                d.extend(es(a, self.cc(a), self.n % 2 == 1, None));
+            }
+            self.pcr += 27_000 * 7;
+            let pcr = self.pcr;
+            d.extend(es(v, self.cc(v), self.n % 3 == 0, Some(pcr)));
+            d.extend(es(v, self.cc(v), false, None));
+            d.extend(es(v, self.cc(v), false, None));
+            d.extend(es(a, self.cc(a), false, None));
+            d.extend(es(0x1fff, 0, false, None));
+            self.n += 1;
+            Bytes::from(d)
+        }
+    }
+
+    #[derive(Default)]
+    struct OutCheck {
+        cc: ContinuityCheck,
+        asm: HashMap<u16, SectionAssembler>,
+        /// Last PAT/PMT seen per PID: (version, section).
+        tables: HashMap<u16, Vec<u8>>,
+        version_changes: u32,
+    }
+
+    impl OutCheck {
+        fn push(&mut self, p: &TsPacket<'_>, psi_pids: &[u16]) {
+            self.cc.push(p);
+            let pid = p.pid().0;
+            if psi_pids.contains(&pid) {
+                let mut got = Vec::new();
+                self.asm
+                    .entry(pid)
+                    .or_default()
+                    .push(p, |s| got.push(s.bytes().to_vec()));
+                for s in got {
+                    // Section::try_new checks the CRC.
+                    let new = Section::try_new(&s).expect("valid CRC");
+                    if let Some(old) = self.tables.get(&pid) {
+                        let old = Section::try_new(old).unwrap();
+                        // The other direction (same content, same version) need not hold across
+                        // a switch: the table may come back on its PID with a newer version.
+                        if !old.same_content(&new) {
+                            assert_ne!(old.version(), new.version(), "new content, new version");
+                            self.version_changes += 1;
+                        }
+                    }
+                    self.tables.insert(pid, s);
+                }
+            }
+        }
+    }
+
+    fn view(b: &Bytes) -> TsPacket<'_> {
+        TsPacket::try_new(b).unwrap()
+    }
+
+    fn within(inputs: &[Bytes], b: &Bytes) -> bool {
+        let p = b.as_ptr() as usize;
+        inputs
+            .iter()
+            .any(|i| p >= i.as_ptr() as usize && p + b.len() <= i.as_ptr() as usize + i.len())
+    }
+
+    #[test]
+    fn switches_keep_continuity_mark_discontinuity_and_resend_psi() {
+        let mut srcs = [
+            Src::new(0x1000, 0x100, 0x101, 0, 0, 1_000_000),
+            Src::new(0x1001, 0x200, 0x201, 5, 7, 900_000_000_000),
+        ];
+        let mut s = Splicer::new();
+        let mut inputs = Vec::new();
+        let mut check = OutCheck::default();
+        let psi_pids = [0, 0x1000, 0x1001];
+        let mut out = Vec::new();
+        let mut active = 0;
+        s.switch_to(0);
+        for round in 0..12 {
+            if round > 0 {
+                active = 1 - active;
+                s.switch_to(active);
+            }
+            let start = out.len();
+            for _ in 0..10 {
+                for (k, src) in srcs.iter_mut().enumerate() {
+                    let d = src.datagram();
+                    s.push(k, &d, &mut out);
+                    inputs.push(d);
+                }
+            }
+            let seg: Vec<&Bytes> = out[start..].iter().collect();
+            // PAT then PMT of the new source, before any of its ES packets.
+            assert_eq!(view(seg[0]).pid(), Pid(0), "round {round}");
+            assert_eq!(view(seg[1]).pid().0, srcs[active].pmt_pid);
+            assert!(
+                Section::try_new(&view(seg[1]).payload()[1..][..srcs[active].pmt.len()])
+                    .is_some_and(|x| x.pmt_streams().len() == 2)
+            );
+            let mut first_seen = HashSet::new();
+            let mut pat_versions = HashSet::new();
+            for b in &seg {
+                let p = view(b);
+                let pid = p.pid().0;
+                if pid == 0 {
+                    pat_versions.insert(Section::try_new(&p.payload()[1..17]).unwrap().version());
+                }
+                assert!(
+                    pid == 0x1fff
+                        || pid == 0
+                        || [srcs[active].pmt_pid, srcs[active].video, srcs[active].audio]
+                            .contains(&pid),
+                    "only the active source's packets"
+                );
+                if round > 0
+                    && ![0, 0x1fff, srcs[active].pmt_pid].contains(&pid)
+                    && first_seen.insert(pid)
+                {
+                    assert!(p.discontinuity(), "round {round}: first packet of {pid:#x}");
+                }
+                let marked = p.discontinuity() || !p.has_payload();
+                if !psi_pids.contains(&pid) && !marked {
+                    assert!(within(&inputs, b), "unchanged packet is zero copy");
+                }
+                check.push(&p, &psi_pids);
+            }
+            assert_eq!(
+                pat_versions.len(),
+                1,
+                "one PAT version while a source plays"
+            );
+            if round > 0 {
+                assert!(first_seen.contains(&srcs[active].video));
+                assert!(first_seen.contains(&srcs[active].audio));
+            }
+        }
+        assert_eq!(check.cc.errors, 0);
+        // PAT changes on every switch (PMT PID differs); PMTs are on distinct PIDs.
+        assert!(check.version_changes >= 11, "{}", check.version_changes);
+        let st = s.stats;
+        assert_eq!(st.switches, 12);
+        assert_eq!(st.packets_out as usize, out.len());
+        assert!(st.inserted > 0 && st.rewritten > 0);
+    }
+
+    #[test]
+    fn unchanged_stream_before_any_switch_is_zero_copy() {
+        let mut src = Src::new(0x1000, 0x100, 0x101, 3, 2, 0);
+        let mut s = Splicer::new();
+        s.switch_to(0);
+        let mut out = Vec::new();
+        let mut inputs = Vec::new();
+        for _ in 0..8 {
+            let d = src.datagram();
+            s.push(0, &d, &mut out);
+            inputs.push(d);
+        }
+        // Everything goes out untouched but the first PAT and PMT: they wait for each other
+        // and go out from the cache (same bytes, copied).
+        assert_eq!(out.len(), 8 * 7);
+        for (o, i) in out.iter().zip(
+            inputs
+                .iter()
+                .flat_map(|d| (0..7).map(move |k| d.slice(k * PACKET_LEN..(k + 1) * PACKET_LEN))),
+        ) {
+            assert_eq!(o, &i);
+        }
+        for (o, i) in
+            out.iter()
+                .zip(inputs.iter().flat_map(|d| {
+                    (0..7).map(move |k| d.slice(k * PACKET_LEN..(k + 1) * PACKET_LEN))
+                }))
+                .skip(2)
+        {
+            assert_eq!(
+                o.as_ptr(),
+                i.as_ptr(),
+                "{:02x?} {:02x?}",
+                &o[..12],
+                &i[..12]
+            );
+        }
+        assert_eq!((s.stats.rewritten, s.stats.inserted), (0, 2));
+    }
+
+    #[test]
+    fn same_pmt_pid_different_content_bumps_version_and_back() {
+        // Same PAT, same PMT PID, different stream types: PAT keeps its version, PMT changes.
+        let mut a = Src::new(0x1000, 0x100, 0x101, 0, 0, 0);
+        let mut b = Src::new(0x1000, 0x100, 0x101, 0, 9, 0);
+        b.pmt = build_pmt(1, 0, Pid(0x100), &[(0x02, Pid(0x100)), (0x03, Pid(0x101))]);
+        let mut s = Splicer::new();
+        let mut out = Vec::new();
+        let mut versions = Vec::new();
+        s.switch_to(0);
+        for k in 0..6 {
+            if k > 0 {
+                s.switch_to(k % 2);
+            }
+            let start = out.len();
+            for _ in 0..5 {
+                s.push(0, &a.datagram(), &mut out);
+                s.push(1, &b.datagram(), &mut out);
+            }
+            let pat = TsPacket::try_new(&out[start]).unwrap();
+            let pmt = TsPacket::try_new(&out[start + 1]).unwrap();
+            let pat_v = Section::try_new(&pat.payload()[1..17]).unwrap().version();
+            let pmt_s = &pmt.payload()[1..1 + a.pmt.len()];
+            versions.push((pat_v, Section::try_new(pmt_s).unwrap().version()));
+        }
+        assert_eq!(
+            versions,
+            vec![(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5)]
+        );
+        let mut c = ContinuityCheck::default();
+        for p in &out {
+            c.push(&TsPacket::try_new(p).unwrap());
+        }
+        assert_eq!(c.errors, 0);
+    }
+
+    #[test]
+    fn waits_for_unseen_psi_and_unit_start() {
+        let mut a = Src::new(0x1000, 0x100, 0x101, 0, 0, 0);
+        let mut b = Src::new(0x1001, 0x200, 0x201, 0, 4, 0);
+        let mut s = Splicer::new();
+        let mut out = Vec::new();
+        s.switch_to(0);
+        for _ in 0..4 {
+            s.push(0, &a.datagram(), &mut out);
+        }
+        // b was never pushed: after the switch its packets wait for its PAT/PMT.
+        s.switch_to(1);
+        b.n = 1; // first datagram without PSI
+        let start = out.len();
+        s.push(1, &b.datagram(), &mut out);
+        assert_eq!(out.len(), start);
+        assert!(s.stats.dropped >= 6);
+        b.n = 12;
+        s.push(1, &b.datagram(), &mut out);
+        let pids: Vec<u16> = out[start..]
+            .iter()
+            .map(|p| TsPacket::try_new(p).unwrap().pid().0)
+            .collect();
+        // PAT, PMT, then (PCR AF marked) video start, ...
+        assert_eq!(&pids[..2], &[0, 0x1001]);
+        assert!(pids.contains(&0x200));
+    }
+
+    #[test]
+    fn random_access_detection() {
+        let mut p = es(0x100, 0, false, None);
+        assert!(!is_random_access(&TsPacket::try_new(&p).unwrap()));
+        p[3] |= 0x20;
+        p[4] = 1;
+        p[5] = 0x40;
+        assert!(is_random_access(&TsPacket::try_new(&p).unwrap()));
+        // PES start, 5-byte PTS header, AUD then SPS.
+        let mut q = es(0x100, 0, true, None);
+        q[4..18].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5, 0x21, 0, 1, 0, 1]);
+        q[18..30].copy_from_slice(&[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x4d]);
+        assert!(is_random_access(&TsPacket::try_new(&q).unwrap()));
+        q[28] = 0x41; // non-IDR slice instead of SPS
+        assert!(!is_random_access(&TsPacket::try_new(&q).unwrap()));
+    }
+
+    /// Splice the two test files alternately every second of each and check continuity.
+    #[test]
+    fn real_files_alternate_every_second_without_cc_errors() {
+        let files = [
+            Bytes::from(std::fs::read("testdata/h264_aac.ts").unwrap()),
+            Bytes::from(std::fs::read("testdata/mpeg2_mp2.ts").unwrap()),
+        ];
+        let dgrams: Vec<Vec<Bytes>> = files
+            .iter()
+            .map(|f| {
+                (0..f.len())
+                    .step_by(7 * PACKET_LEN)
+                    .map(|i| f.slice(i..(i + 7 * PACKET_LEN).min(f.len())))
+                    .collect()
+            })
+            .collect();
+        // Datagrams per second: 2 Mbit/s and 1.5 Mbit/s mux rates.
+        let per_s = [2_000_000 / (7 * 1504), 1_500_000 / (7 * 1504)];
+        let mut s = Splicer::new();
+        let mut out = Vec::new();
+        let mut next_b = 0;
+        for sec in 0..7 {
+            s.switch_to(sec % 2);
+            for j in 0..per_s[0] {
+                s.push(0, &dgrams[0][sec * per_s[0] + j], &mut out);
+                // Source 1 runs at its own rate, interleaved.
+                while next_b * per_s[0] <= (sec * per_s[0] + j) * per_s[1] {
+                    s.push(1, &dgrams[1][next_b], &mut out);
+                    next_b += 1;
+                }
+            }
+        }
+        let mut c = ContinuityCheck::default();
+        let mut bytes = Vec::with_capacity(out.len() * PACKET_LEN);
+        for p in &out {
+            c.push(&TsPacket::try_new(p).unwrap());
+            bytes.extend_from_slice(p);
+        }
+        assert_eq!(c.errors, 0);
+        assert_eq!(packets(&bytes).count(), out.len());
+        assert_eq!(s.stats.switches, 7);
+        if let Ok(path) = std::env::var("HITLESS_SPLICE_OUT") {
+            std::fs::write(path, &bytes).unwrap();
+        }
+    }
 }
