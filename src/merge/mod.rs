@@ -2,8 +2,11 @@
 //! `now` is always a parameter, and the glue in `runtime` moves the packets.
 //!
 //! - [`seq2022_7`]: SMPTE ST 2022-7 seamless protection switching by RTP sequence number.
+//! - [`switch`]: stream switch between different sources by priority and health (failover
+//!   channel).
 
 pub mod seq2022_7;
+pub mod switch;
 #[cfg(test)]
 mod sim;
 

@@ -383,3 +383,299 @@ impl SourceRules {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one real clock reading of these tests: every other time is `base() + Duration`.
+    #[allow(clippy::disallowed_methods)]
+    fn base() -> Instant {
+        Instant::now()
+    }
+
+    const S: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[derive(Default)]
+    struct Meter {
+        bytes: u64,
+        p1: Vec<(Pid, u64)>,
+        unrecovered: u64,
+    }
+
+    impl Meter {
+        fn p1_on(&mut self, pid: u16) {
+            match self.p1.iter_mut().find(|(p, _)| p.0 == pid) {
+                Some((_, n)) => *n += 1,
+                None => self.p1.push((Pid(pid), 1)),
+            }
+        }
+    }
+
+    impl SourceMeter for Meter {
+        fn bytes(&self) -> u64 {
+            self.bytes
+        }
+        fn p1_errors(&self, pid: Option<Pid>) -> u64 {
+            self.p1
+                .iter()
+                .filter(|(p, _)| pid.is_none_or(|want| want == *p))
+                .map(|(_, n)| n)
+                .sum()
+        }
+        fn unrecovered(&self) -> u64 {
+            self.unrecovered
+        }
+    }
+
+    fn spec(condition: Condition, secs: u64, samples: u32, threshold: u32) -> RuleSpec {
+        RuleSpec {
+            condition,
+            sample_duration: Duration::from_secs(secs),
+            samples,
+            threshold,
+            pid: None,
+            min_kbps: (condition == Condition::LowBitrate).then_some(1000),
+        }
+    }
+
+    /// Fire every timeout up to and including `until`, as the glue's timer would.
+    fn run_until(rules: &mut SourceRules, meter: &Meter, until: Instant) {
+        while let Some(t) = rules.poll_timeout().filter(|t| *t <= until) {
+            rules.handle_timeout(t, meter);
+        }
+    }
+
+    fn recent(rules: &SourceRules) -> Vec<bool> {
+        rules.status()[0].recent.clone()
+    }
+
+    #[test]
+    fn reference_example_two_of_six_ten_second_windows() {
+        let t0 = base();
+        let mut rules = SourceRules::new(t0, &[spec(Condition::P1TransportErrors, 10, 6, 2)]);
+        let mut m = Meter::default();
+        assert_eq!(rules.poll_timeout(), Some(t0 + 10 * S));
+        // Window 0 (0–10 s): two errors, still one window in error.
+        run_until(&mut rules, &m, t0 + 3 * S);
+        m.p1_on(0x100);
+        m.p1_on(0x100);
+        run_until(&mut rules, &m, t0 + 35 * S);
+        assert_eq!(recent(&rules), [true, false, false]);
+        assert_eq!(rules.failing(), None, "1 of 6 windows in error");
+        // Window 3 (30–40 s): the second window in error → failing when it closes at 40 s.
+        m.p1_on(0x101);
+        run_until(&mut rules, &m, t0 + 40 * S - MS);
+        assert_eq!(rules.failing(), None);
+        run_until(&mut rules, &m, t0 + 40 * S);
+        assert_eq!(rules.failing(), Some(Condition::P1TransportErrors));
+        assert_eq!(rules.status()[0].windows_in_error, 2);
+        assert!(rules.status()[0].failing);
+        // Window 0 ages out when window 6 (60–70 s) completes: last six are windows 1..=6.
+        run_until(&mut rules, &m, t0 + 70 * S - MS);
+        assert_eq!(rules.failing(), Some(Condition::P1TransportErrors));
+        run_until(&mut rules, &m, t0 + 70 * S);
+        assert_eq!(rules.failing(), None);
+        assert_eq!(recent(&rules), [false, false, true, false, false, false]);
+        assert_eq!(rules.status()[0].failures, 1);
+    }
+
+    #[test]
+    fn threshold_equal_to_samples_needs_every_window() {
+        let t0 = base();
+        let mut rules = SourceRules::new(t0, &[spec(Condition::UnrecoveredPackets, 1, 3, 3)]);
+        let mut m = Meter::default();
+        for k in 0..3 {
+            m.unrecovered += 1;
+            run_until(&mut rules, &m, t0 + (k + 1) * S);
+            assert_eq!(rules.failing().is_some(), k == 2, "after window {k}");
+        }
+        run_until(&mut rules, &m, t0 + 4 * S); // one clean window
+        assert_eq!(rules.failing(), None);
+        m.unrecovered += 5;
+        run_until(&mut rules, &m, t0 + 5 * S);
+        assert_eq!(rules.failing(), None, "2 of the last 3");
+    }
+
+    #[test]
+    fn error_on_a_boundary_belongs_to_the_next_window() {
+        let t0 = base();
+        let mut rules = SourceRules::new(t0, &[spec(Condition::P1TransportErrors, 10, 6, 1)]);
+        let mut m = Meter::default();
+        // 1 ns before the boundary: window 0.
+        run_until(&mut rules, &m, t0 + 10 * S - Duration::from_nanos(1));
+        m.p1_on(0);
+        // Exactly on the boundary: the timer fires first, then the error is counted → window 1.
+        run_until(&mut rules, &m, t0 + 10 * S);
+        m.p1_on(0);
+        assert_eq!(recent(&rules), [true]);
+        run_until(&mut rules, &m, t0 + 20 * S);
+        assert_eq!(recent(&rules), [true, true]);
+        run_until(&mut rules, &m, t0 + 30 * S);
+        assert_eq!(recent(&rules), [true, true, false]);
+    }
+
+    #[test]
+    fn pid_scope_ignores_other_pids() {
+        let t0 = base();
+        let scoped = RuleSpec {
+            pid: Some(Pid(0x100)),
+            ..spec(Condition::P1TransportErrors, 1, 2, 1)
+        };
+        let mut rules = SourceRules::new(t0, &[scoped]);
+        let mut m = Meter::default();
+        m.p1_on(0x101);
+        m.p1_on(0x0);
+        run_until(&mut rules, &m, t0 + S);
+        assert_eq!(rules.failing(), None, "errors on other PIDs do not count");
+        m.p1_on(0x100);
+        run_until(&mut rules, &m, t0 + 2 * S);
+        assert_eq!(rules.failing(), Some(Condition::P1TransportErrors));
+        assert_eq!(recent(&rules), [false, true]);
+        assert_eq!(rules.status()[0].pid, Some(0x100));
+    }
+
+    #[test]
+    fn low_bitrate_just_below_at_and_above_min_kbps() {
+        let t0 = base();
+        // 1 s windows, 1000 kbit/s = 125,000 bytes per window; one window decides.
+        let mut rules = SourceRules::new(t0, &[spec(Condition::LowBitrate, 1, 1, 1)]);
+        let mut m = Meter::default();
+        let cases = [
+            (125_000, false),
+            (124_999, true),
+            (125_001, false),
+            (0, true),
+            (125_000, false),
+        ];
+        for (k, (bytes, low)) in cases.into_iter().enumerate() {
+            m.bytes += bytes;
+            run_until(&mut rules, &m, t0 + (k as u32 + 1) * S);
+            assert_eq!(rules.failing().is_some(), low, "{bytes} bytes in 1 s");
+        }
+        assert_eq!(rules.status()[0].last_kbps, Some(1000));
+    }
+
+    #[test]
+    fn late_timeout_skipping_windows() {
+        let t0 = base();
+        let mut rules = SourceRules::new(
+            t0,
+            &[
+                spec(Condition::P1TransportErrors, 1, 6, 6),
+                spec(Condition::LowBitrate, 1, 6, 6),
+            ],
+        );
+        let mut m = Meter::default();
+        // The glue sleeps through 3.5 windows; the source kept sending 2 Mbit/s and had one
+        // error. Errors go to the window open at the previous evaluation, skipped windows are
+        // clean; the bitrate is averaged over the whole span.
+        m.p1_on(0);
+        m.bytes = 875_000; // 3.5 s × 250,000 B/s
+        rules.handle_timeout(t0 + 3500 * MS, &m);
+        let st = rules.status();
+        assert_eq!(st[0].recent, [true, false, false]);
+        assert_eq!(st[1].recent, [false, false, false]);
+        assert_eq!(st[1].last_kbps, Some(2000));
+        assert_eq!(
+            rules.poll_timeout(),
+            Some(t0 + 4 * S),
+            "boundaries stay aligned to t0"
+        );
+        // Then the source goes silent and the glue is late again: zero bytes is low bitrate in
+        // every window the evaluation covers.
+        rules.handle_timeout(t0 + 7 * S, &m);
+        let st = rules.status();
+        // Windows 3..=6 closed: the error of window 0 has aged out of the last six.
+        assert_eq!(st[0].recent, [false; 6]);
+        assert_eq!(st[1].recent, [false, false, true, true, true, true]);
+        rules.handle_timeout(t0 + 100 * S, &m);
+        assert_eq!(rules.failing(), Some(Condition::LowBitrate));
+        assert_eq!(rules.status()[1].windows_in_error, 6);
+    }
+
+    #[test]
+    fn content_conditions_as_per_window_flags() {
+        let t0 = base();
+        let mut rules = SourceRules::new(
+            t0,
+            &[
+                spec(Condition::FrozenVideo, 1, 3, 2),
+                RuleSpec {
+                    pid: Some(Pid(0x44)),
+                    ..spec(Condition::SilentAudio, 1, 3, 1)
+                },
+            ],
+        );
+        rules.observe_condition(t0 + 500 * MS, Condition::FrozenVideo, true);
+        rules.observe_condition(t0 + 1200 * MS, Condition::FrozenVideo, false);
+        rules.observe_condition(t0 + 2200 * MS, Condition::FrozenVideo, true);
+        rules.observe_condition(t0 + 2300 * MS, Condition::SilentAudio, true); // which PID?
+        rules.observe_condition_on_pid(t0 + 2400 * MS, Condition::SilentAudio, Pid(0x45), true);
+        let m = Meter::default();
+        run_until(&mut rules, &m, t0 + 3 * S);
+        let st = rules.status();
+        assert_eq!(st[0].recent, [true, false, true]);
+        assert_eq!(rules.failing(), Some(Condition::FrozenVideo));
+        assert_eq!(st[1].recent, [false, false, false]);
+        rules.observe_condition_on_pid(t0 + 3100 * MS, Condition::SilentAudio, Pid(0x44), true);
+        run_until(&mut rules, &m, t0 + 4 * S);
+        assert!(rules.status()[1].failing);
+    }
+
+    #[test]
+    fn validation() {
+        let ok = spec(Condition::P1TransportErrors, 10, 6, 2);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(spec(Condition::LowBitrate, 1, 1, 1).validate(), Ok(()));
+        assert_eq!(
+            spec(Condition::BlankPicture, 10, 6, 2).validate(),
+            Err(RuleError::Unsupported(Condition::BlankPicture))
+        );
+        assert!(matches!(
+            spec(Condition::P1TransportErrors, 10, 6, 7).validate(),
+            Err(RuleError::Threshold { .. })
+        ));
+        assert!(matches!(
+            spec(Condition::P1TransportErrors, 10, 6, 0).validate(),
+            Err(RuleError::Threshold { .. })
+        ));
+        assert_eq!(
+            spec(Condition::P1TransportErrors, 10, 129, 2).validate(),
+            Err(RuleError::Samples(129))
+        );
+        assert_eq!(
+            spec(Condition::P1TransportErrors, 0, 6, 2).validate(),
+            Err(RuleError::SampleDuration)
+        );
+        let no_min = RuleSpec {
+            min_kbps: None,
+            ..spec(Condition::LowBitrate, 1, 1, 1)
+        };
+        assert_eq!(no_min.validate(), Err(RuleError::MinKbpsMissing));
+        let pid = RuleSpec {
+            pid: Some(Pid(1)),
+            ..spec(Condition::LowBitrate, 1, 1, 1)
+        };
+        assert_eq!(pid.validate(), Err(RuleError::Pid(Condition::LowBitrate)));
+        let min = RuleSpec {
+            min_kbps: Some(5),
+            ..ok
+        };
+        assert_eq!(min.validate(), Err(RuleError::MinKbpsUnexpected));
+    }
+
+    #[test]
+    fn status_serializes_with_labels() {
+        let t0 = base();
+        let rules = SourceRules::new(t0, &[spec(Condition::P1TransportErrors, 10, 6, 2)]);
+        let v = serde_json::to_value(rules.status()).expect("serializable");
+        assert_eq!(v[0]["condition"], "p1-transport-errors");
+        assert_eq!(v[0]["sample_duration_ms"], 10_000);
+        assert_eq!(v[0]["failing"], false);
+        for c in Condition::ALL {
+            assert_eq!(serde_json::to_value(c).expect("label"), c.label());
+        }
+    }
+}
