@@ -14,6 +14,7 @@ pub mod output;
 pub mod rtp;
 pub mod rules;
 pub mod runtime;
+pub mod slate;
 pub mod tools;
 pub mod ts;
 pub mod http;
