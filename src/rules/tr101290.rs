@@ -944,7 +944,7 @@ mod tests {
             .iter()
             .filter(|x| pid_of(&x.1) == pid && x.0 < from)
             .map(|x| x.0)
-            .last()
+            .next_back()
             .expect("a packet before");
         let after = pkts
             .iter()
@@ -1207,7 +1207,7 @@ mod tests {
         let t0 = base();
         let fed: Vec<_> = pkts.iter().filter(|x| x.0 < 2000 * MS).copied().collect();
         let mut a = run(t0, &fed);
-        let last_of = |pid: u16| fed.iter().filter(|x| pid_of(&x.1) == pid).last().unwrap().0;
+        let last_of = |pid: u16| fed.iter().rfind(|x| pid_of(&x.1) == pid).unwrap().0;
         let step = |a: &mut Tr101290, until: Instant| {
             while let Some(t) = a.poll_timeout().filter(|t| *t <= until) {
                 a.handle_timeout(t);
