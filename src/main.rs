@@ -37,6 +37,8 @@ enum Cmd {
     Send(tools::send::SendArgs),
     /// Capture a stream's TS payload to a file and report what arrived.
     Recv(tools::recv::RecvArgs),
+    /// ETSI TR 101 290 Priority 1 report of a TS file (PCR-timed) or a udp:// / rtp:// stream.
+    Analyze(tools::analyze::AnalyzeArgs),
     /// A first look: run the default gateway, feed it two impaired legs, show the result.
     Demo(tools::demo::DemoArgs),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Send(a) => tools::send::run(a),
         Cmd::Recv(a) => tools::recv::run(a),
+        Cmd::Analyze(a) => tools::analyze::run(a),
         Cmd::Demo(a) => tools::demo::run(a),
     };
     match res {
