@@ -668,3 +668,607 @@ fn role_rank(r: Role) -> u8 {
         Role::Slate => 2,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::merge::sim::base;
+
+    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+    const P: Role = Role::Preferred;
+    const NP: Role = Role::NonPreferred;
+    const SLATE: Role = Role::Slate;
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    const NO_HOLDDOWN: HoldDown = HoldDown {
+        failures: 0,
+        period: Duration::ZERO,
+        hold: Duration::ZERO,
+    };
+
+    fn cfg(roles: &[Role], window_ms: u64, clear_ms: u64, auto: bool) -> SwitchConfig {
+        SwitchConfig {
+            roles: roles.to_vec(),
+            offline_window: Duration::from_millis(window_ms),
+            auto_switch_to_preferred: auto,
+            clear_time: Duration::from_millis(clear_ms),
+            holddown: NO_HOLDDOWN,
+            stage: Stage::Live,
+        }
+    }
+
+    /// Virtual-time driver after quinn's `Pair`: scripted arrivals per source; `run_until`
+    /// jumps to the next arrival or `poll_timeout()`, timeouts first at equal instants (the
+    /// glue's contract), and records forwarded datagrams and events.
+    struct Sim {
+        sw: Switch,
+        t0: Instant,
+        pending: BTreeSet<(Instant, usize)>,
+        forwarded: Vec<(Instant, usize)>,
+        events: Vec<Event>,
+    }
+
+    impl Sim {
+        fn new(cfg: SwitchConfig) -> Sim {
+            let t0 = base();
+            let mut sim = Sim {
+                sw: Switch::new(t0, cfg),
+                t0,
+                pending: BTreeSet::new(),
+                forwarded: Vec::new(),
+                events: Vec::new(),
+            };
+            sim.drain();
+            sim
+        }
+
+        fn at(&self, d: Duration) -> Instant {
+            self.t0 + d
+        }
+
+        /// Datagrams on `leg` at `from`, `from + every`, … before `to`.
+        fn send(&mut self, leg: usize, from: Duration, to: Duration, every: Duration) {
+            let mut t = from;
+            while t < to {
+                self.pending.insert((self.t0 + t, leg));
+                t += every;
+            }
+        }
+
+        fn run_until(&mut self, end: Duration) {
+            let end = self.t0 + end;
+            loop {
+                let p = self.pending.first().copied().filter(|(a, _)| *a <= end);
+                let d = self.sw.poll_timeout().filter(|d| *d <= end);
+                match (p, d) {
+                    (p, Some(d)) if p.is_none_or(|(a, _)| d <= a) => self.sw.handle_timeout(d),
+                    (Some((a, leg)), _) => {
+                        self.pending.pop_first();
+                        if self.sw.on_packet(a, LegId(leg)) {
+                            self.forwarded.push((a, leg));
+                        }
+                    }
+                    _ => break,
+                }
+                self.drain();
+            }
+        }
+
+        fn drain(&mut self) {
+            while let Some(e) = self.sw.poll_event() {
+                self.events.push(e);
+            }
+        }
+
+        /// (from, to, reason, ms since t0) of every switch so far.
+        fn switches(&self) -> Vec<(Option<usize>, Option<usize>, Reason, Duration)> {
+            self.events
+                .iter()
+                .filter_map(|e| match *e {
+                    Event::Switched {
+                        from,
+                        to,
+                        reason,
+                        at,
+                    } => Some((from.map(|l| l.0), to.map(|l| l.0), reason, at - self.t0)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn active(&self) -> Option<usize> {
+            self.sw.active().map(|l| l.0)
+        }
+    }
+
+    #[test]
+    fn priority_order_preferred_then_non_preferred_in_config_order_then_slate() {
+        // Config order deliberately not priority order.
+        let mut sim = Sim::new(cfg(&[SLATE, NP, P, NP], 100, 500, true));
+        sim.send(2, ms(0), ms(1000), ms(10)); // preferred until 1 s
+        sim.send(1, ms(1), ms(2000), ms(10)); // first non-preferred until 2 s
+        sim.send(3, ms(2), ms(3000), ms(10)); // second non-preferred until 3 s
+        sim.send(0, ms(3), ms(10_000), ms(10)); // slate throughout
+        sim.run_until(ms(4000));
+        use Reason::*;
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(2), Startup, ms(0)),
+                (Some(2), Some(1), Offline, ms(990 + 100)),
+                (Some(1), Some(3), Offline, ms(1991 + 100)),
+                (Some(3), Some(0), Offline, ms(2992 + 100)),
+            ]
+        );
+        // Sources come back in reverse order: each better one takes over after the clear time.
+        sim.send(3, ms(4000), ms(10_000), ms(10));
+        sim.send(1, ms(5000), ms(10_000), ms(10));
+        sim.send(2, ms(6000), ms(10_000), ms(10));
+        sim.run_until(ms(8000));
+        assert_eq!(
+            sim.switches()[4..],
+            [
+                (Some(0), Some(3), AutoSwitchBack, ms(4500)),
+                (Some(3), Some(1), AutoSwitchBack, ms(5500)),
+                (Some(1), Some(2), AutoSwitchBack, ms(6500)),
+            ]
+        );
+        assert_eq!(sim.sw.stats().switches[AutoSwitchBack.index()], 3);
+        assert_eq!(sim.sw.stats().switches[Offline.index()], 3);
+        assert_eq!(sim.sw.stats().legs[2].failures, 1);
+    }
+
+    #[test]
+    fn offline_window_gap_is_the_window_plus_one_packet_interval() {
+        for use_timer in [true, false] {
+            let mut sim = Sim::new(cfg(&[P, NP], 50, 500, true));
+            sim.send(0, Duration::ZERO, 100 * MS + US, MS); // last packet at 100 ms
+            sim.send(1, 300 * US, 300 * MS, MS); // every ms, 0.3 ms after the preferred
+            if use_timer {
+                sim.run_until(300 * MS);
+            } else {
+                // A glue whose timer never fires: the packets alone drive the switch.
+                while let Some((a, leg)) = sim.pending.pop_first() {
+                    if sim.sw.on_packet(a, LegId(leg)) {
+                        sim.forwarded.push((a, leg));
+                    }
+                    sim.drain();
+                }
+            }
+            let at = if use_timer {
+                sim.at(150 * MS)
+            } else {
+                sim.at(150 * MS + 300 * US)
+            };
+            assert!(sim.events.contains(&Event::Switched {
+                from: Some(LegId(0)),
+                to: Some(LegId(1)),
+                reason: Reason::Offline,
+                at,
+            }));
+            let first_np = sim.forwarded.iter().position(|f| f.1 == 1).unwrap();
+            let (last_p, _) = sim.forwarded[first_np - 1];
+            let (first, _) = sim.forwarded[first_np];
+            assert_eq!(last_p, sim.at(100 * MS));
+            assert_eq!(
+                first,
+                sim.at(150 * MS + 300 * US),
+                "next packet after the window"
+            );
+            assert_eq!(
+                first - last_p,
+                50 * MS + 300 * US,
+                "window + one interval, not more"
+            );
+            // Nothing but the active source is ever forwarded, and never twice.
+            assert!(sim.forwarded[..first_np].iter().all(|f| f.1 == 0));
+            assert!(sim.forwarded[first_np..].iter().all(|f| f.1 == 1));
+        }
+    }
+
+    #[test]
+    fn a_source_that_never_sent_is_not_healthy() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.run_until(1000 * MS);
+        assert_eq!(sim.active(), None);
+        assert!(sim.events.is_empty());
+        assert_eq!(sim.sw.poll_timeout(), None);
+        // The non-preferred one sends first: it is taken at once, without waiting.
+        sim.send(1, 1000 * MS, 5000 * MS, 10 * MS);
+        sim.send(0, 1200 * MS, 5000 * MS, 10 * MS);
+        sim.run_until(1000 * MS);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(1700 * MS - US);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(1700 * MS);
+        assert_eq!(sim.active(), Some(0), "preferred after its clear time");
+    }
+
+    #[test]
+    fn auto_switch_back_after_clear_time_and_not_before() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.send(0, 2000 * MS, 5000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 5000 * MS, 10 * MS);
+        sim.run_until(2500 * MS - US);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(2500 * MS);
+        assert_eq!(sim.active(), Some(0));
+        assert_eq!(
+            sim.switches()[2],
+            (Some(1), Some(0), Reason::AutoSwitchBack, 2500 * MS)
+        );
+        // A preferred source that fails again during its clear time restarts it.
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.send(0, 2000 * MS, 2300 * MS, 10 * MS);
+        sim.send(0, 2600 * MS, 5000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 5000 * MS, 10 * MS);
+        sim.run_until(3099 * MS);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(3100 * MS);
+        assert_eq!(sim.active(), Some(0));
+    }
+
+    #[test]
+    fn without_auto_switch_stay_on_the_secondary_until_it_fails() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, false));
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.send(0, 2000 * MS, 20_000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 10_000 * MS, 10 * MS);
+        sim.run_until(9_000 * MS);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(20_000 * MS);
+        assert_eq!(
+            sim.switches()[2],
+            (Some(1), Some(0), Reason::Offline, 9995 * MS + 100 * MS)
+        );
+    }
+
+    #[test]
+    fn slate_is_left_for_a_cleared_source_even_without_auto_switch() {
+        let mut sim = Sim::new(cfg(&[P, SLATE], 100, 500, false));
+        sim.send(1, Duration::ZERO, 5000 * MS, 10 * MS);
+        sim.send(0, 1000 * MS, 5000 * MS, 10 * MS);
+        sim.run_until(5000 * MS);
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(1), Reason::Startup, Duration::ZERO),
+                (Some(1), Some(0), Reason::AutoSwitchBack, 1500 * MS),
+            ]
+        );
+    }
+
+    #[test]
+    fn holddown_after_repeated_flaps_then_release_and_clear_time() {
+        let mut c = cfg(&[P, NP], 100, 300, true);
+        c.holddown = HoldDown {
+            failures: 3,
+            period: Duration::from_secs(10),
+            hold: Duration::from_secs(5),
+        };
+        let mut sim = Sim::new(c);
+        for (a, b) in [(0, 1000), (1500, 2000), (2500, 3000), (3500, 20_000)] {
+            sim.send(0, ms(a), ms(b), ms(10)); // last packet at b − 10 ms → offline at b + 90
+        }
+        sim.send(1, ms(5), ms(20_000), ms(10));
+        sim.run_until(ms(10_000));
+        use Reason::*;
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(0), Startup, ms(0)),
+                (Some(0), Some(1), Offline, ms(1090)),
+                (Some(1), Some(0), AutoSwitchBack, ms(1800)),
+                (Some(0), Some(1), Offline, ms(2090)),
+                (Some(1), Some(0), AutoSwitchBack, ms(2800)),
+                (Some(0), Some(1), Offline, ms(3090)),
+                // Held down 3.09 s → 8.09 s although healthy again from 3.5 s; then the clear
+                // time again.
+                (Some(1), Some(0), AutoSwitchBack, ms(8390)),
+            ]
+        );
+        assert!(sim.events.contains(&Event::HeldDown {
+            leg: LegId(0),
+            until: sim.at(ms(8090)),
+        }));
+        let st = sim.sw.status(sim.at(ms(5000)));
+        assert_eq!(
+            st.sources[0].held_down_for_ms, None,
+            "status is for the current state"
+        );
+        assert_eq!(sim.sw.stats().legs[0].held_downs, 1);
+        assert_eq!(sim.sw.stats().legs[0].failures, 3);
+    }
+
+    #[test]
+    fn holddown_visible_in_status() {
+        let mut c = cfg(&[P, NP], 100, 300, true);
+        c.holddown = HoldDown {
+            failures: 1,
+            period: Duration::from_secs(10),
+            hold: Duration::from_secs(5),
+        };
+        let mut sim = Sim::new(c);
+        sim.send(0, Duration::ZERO, 20_000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 20_000 * MS, 10 * MS);
+        sim.run_until(1000 * MS);
+        sim.sw
+            .set_rule_state(sim.at(1000 * MS), LegId(0), Some(Condition::LowBitrate));
+        sim.sw.set_rule_state(sim.at(1001 * MS), LegId(0), None);
+        let st = sim.sw.status(sim.at(2000 * MS));
+        assert!(st.sources[0].healthy);
+        assert!(!st.sources[0].eligible);
+        assert_eq!(st.sources[0].held_down_for_ms, Some(4000));
+        assert_eq!(st.active, Some(1));
+        sim.run_until(6300 * MS);
+        assert_eq!(sim.active(), Some(0));
+    }
+
+    #[test]
+    fn manual_lock_plays_the_locked_source_whatever_its_health() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.send(0, Duration::ZERO, 10_000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 1000 * MS, 10 * MS);
+        sim.run_until(500 * MS);
+        sim.sw.lock(sim.at(500 * MS), LegId(1));
+        sim.drain();
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(3000 * MS); // the locked source went offline at 1.095 s: stays
+        assert_eq!(sim.active(), Some(1));
+        assert!(!sim.sw.status(sim.at(3000 * MS)).sources[1].healthy);
+        assert_eq!(sim.sw.status(sim.at(3000 * MS)).locked, Some(1));
+        assert!(
+            sim.forwarded
+                .iter()
+                .all(|&(a, leg)| (leg == 1) == (a > sim.at(500 * MS)))
+        );
+        sim.sw.unlock(sim.at(3000 * MS));
+        sim.drain();
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(0), Reason::Startup, Duration::ZERO),
+                (Some(0), Some(1), Reason::Manual, 500 * MS),
+                (Some(1), Some(0), Reason::Manual, 3000 * MS),
+            ]
+        );
+    }
+
+    #[test]
+    fn stages_pre_live_live_post_live() {
+        let mut c = cfg(&[P, NP, SLATE], 100, 500, true);
+        c.stage = Stage::PreLive;
+        let mut sim = Sim::new(c);
+        assert_eq!(
+            sim.active(),
+            Some(2),
+            "slate from the start, before it even sends"
+        );
+        sim.send(0, Duration::ZERO, 10_000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 10_000 * MS, 10 * MS);
+        sim.send(2, 7 * MS, 10_000 * MS, 10 * MS);
+        sim.run_until(1000 * MS);
+        assert_eq!(sim.active(), Some(2));
+        sim.sw.set_stage(sim.at(1000 * MS), Stage::Live);
+        sim.drain();
+        assert_eq!(sim.active(), Some(0), "live: best healthy at once");
+        sim.run_until(2000 * MS);
+        sim.sw.set_stage(sim.at(2000 * MS), Stage::PostLive);
+        sim.drain();
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(2), Reason::Stage, Duration::ZERO),
+                (Some(2), Some(0), Reason::Stage, 1000 * MS),
+                (Some(0), Some(2), Reason::Stage, 2000 * MS),
+            ]
+        );
+        // The slate plays even when it fails.
+        sim.run_until(20_000 * MS);
+        assert_eq!(sim.active(), Some(2));
+        assert_eq!(sim.sw.status(sim.at(20_000 * MS)).stage, Stage::PostLive);
+        // Without a slate, pre-live plays nothing.
+        let mut c = cfg(&[P, NP], 100, 500, true);
+        c.stage = Stage::PreLive;
+        let mut sim = Sim::new(c);
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.run_until(1000 * MS);
+        assert_eq!(sim.active(), None);
+        assert!(sim.forwarded.is_empty());
+    }
+
+    #[test]
+    fn rule_failure_forces_a_switch_and_recovery_waits_for_clear_time() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.send(0, Duration::ZERO, 10_000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 10_000 * MS, 10 * MS);
+        sim.run_until(1000 * MS);
+        let cond = Condition::P1TransportErrors;
+        sim.sw
+            .set_rule_state(sim.at(1000 * MS), LegId(0), Some(cond));
+        sim.drain();
+        assert_eq!(sim.active(), Some(1));
+        assert!(sim.events.contains(&Event::SourceDown {
+            leg: LegId(0),
+            reason: Reason::Rule(cond)
+        }));
+        sim.run_until(3000 * MS);
+        sim.sw.set_rule_state(sim.at(3000 * MS), LegId(0), None);
+        sim.run_until(3500 * MS - US);
+        assert_eq!(sim.active(), Some(1));
+        sim.run_until(3500 * MS);
+        assert_eq!(
+            sim.switches()[1..],
+            [
+                (Some(0), Some(1), Reason::Rule(cond), 1000 * MS),
+                (Some(1), Some(0), Reason::AutoSwitchBack, 3500 * MS),
+            ]
+        );
+        assert_eq!(
+            sim.sw.stats().switches[Reason::Rule(cond).index()],
+            1,
+            "counted under the condition"
+        );
+        assert_eq!(Reason::Rule(cond).label(), "p1-transport-errors");
+    }
+
+    #[test]
+    fn all_down_goes_to_slate_then_nothing_then_recovers() {
+        let mut sim = Sim::new(cfg(&[P, NP, SLATE], 100, 500, true));
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.send(1, 5 * MS, 1000 * MS, 10 * MS);
+        sim.send(2, 7 * MS, 2000 * MS, 10 * MS);
+        sim.send(2, 3000 * MS, 4000 * MS, 10 * MS);
+        sim.run_until(3500 * MS);
+        use Reason::*;
+        assert_eq!(
+            sim.switches(),
+            [
+                (None, Some(0), Startup, Duration::ZERO),
+                (Some(0), Some(1), Offline, 1090 * MS),
+                (Some(1), Some(2), Offline, 1095 * MS),
+                (Some(2), None, Offline, 2097 * MS),
+                (None, Some(2), Recovered, 3000 * MS),
+            ]
+        );
+        assert!(
+            sim.forwarded
+                .iter()
+                .all(|(a, _)| *a < sim.at(2097 * MS) || *a >= sim.at(3000 * MS))
+        );
+    }
+
+    #[test]
+    fn status_serializes() {
+        let mut sim = Sim::new(cfg(&[P, NP], 100, 500, true));
+        sim.send(0, Duration::ZERO, 1000 * MS, 10 * MS);
+        sim.run_until(500 * MS);
+        let v = serde_json::to_value(sim.sw.status(sim.at(600 * MS))).expect("serializable");
+        assert_eq!(v["active"], 0);
+        assert_eq!(v["reason"], "startup");
+        assert_eq!(v["since_ms"], 600);
+        assert_eq!(v["stage"], "live");
+        assert_eq!(v["sources"][0]["role"], "preferred");
+        assert_eq!(v["sources"][1]["offline"], true);
+        for i in 0..Reason::COUNT {
+            assert_eq!(Reason::from_index(i).map(Reason::index), Some(i));
+        }
+        assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The selection rule restated: once `handle_timeout(now)` ran, the active source is
+        /// eligible (or nothing is), no eligible source is left unused while nothing plays, and
+        /// no higher-priority source has been eligible for the clear time.
+        fn check_settled(sw: &Switch, now: Instant) -> Result<(), TestCaseError> {
+            let clear = sw.clear_time;
+            let best = sw.best(|s| s.eligible(now, clear));
+            match sw.active {
+                None => prop_assert_eq!(best, None),
+                Some(a) => {
+                    prop_assert!(sw.sources[a].eligible(now, clear), "active not eligible");
+                    let cleared = sw.best(|s| s.cleared(now, clear));
+                    prop_assert!(
+                        cleared.is_none_or(|c| sw.sources[c].rank >= sw.sources[a].rank),
+                        "a better source cleared but not selected"
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn active_is_the_best_eligible_source(
+                // Per source: packet interval (ms) and on/off segments (ms).
+                legs in proptest::collection::vec(
+                    (1u64..30, proptest::collection::vec((1u64..800, 0u64..400), 1..8)),
+                    4,
+                ),
+                holddown in proptest::bool::ANY,
+            ) {
+                let mut c = cfg(&[NP, P, SLATE, NP], 100, 300, true);
+                if holddown {
+                    c.holddown = HoldDown {
+                        failures: 2,
+                        period: Duration::from_secs(2),
+                        hold: Duration::from_millis(700),
+                    };
+                }
+                let mut sim = Sim::new(c);
+                let mut end = Duration::ZERO;
+                for (leg, (every, segs)) in legs.iter().enumerate() {
+                    let mut t = Duration::from_micros(leg as u64 * 137);
+                    for &(on, off) in segs {
+                        sim.send(leg, t, t + ms(on), ms(*every));
+                        t += ms(on + off);
+                    }
+                    end = end.max(t);
+                }
+                // Walk every event; after each timeout the state is settled for that instant.
+                let stop = sim.t0 + end + 5000 * MS;
+                loop {
+                    let p = sim.pending.first().copied();
+                    let d = sim.sw.poll_timeout().filter(|d| *d <= stop);
+                    match (p, d) {
+                        (p, Some(d)) if p.is_none_or(|(a, _)| d <= a) => {
+                            sim.sw.handle_timeout(d);
+                            check_settled(&sim.sw, d)?;
+                        }
+                        (Some((a, leg)), _) => {
+                            sim.pending.pop_first();
+                            let fwd = sim.sw.on_packet(a, LegId(leg));
+                            prop_assert_eq!(fwd, sim.sw.active == Some(leg));
+                            // After a packet nothing is pending at `a` any more either.
+                            if sim.sw.poll_timeout().is_none_or(|t| t > a) {
+                                check_settled(&sim.sw, a)?;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                // Everything silent in the end: nothing plays, nothing is pending.
+                prop_assert_eq!(sim.sw.active(), None);
+                prop_assert_eq!(sim.sw.poll_timeout(), None);
+            }
+
+            #[test]
+            fn steady_sources_settle_on_the_best_one(
+                flaps in proptest::collection::vec((0usize..4, 1u64..500, 1u64..500), 0..12),
+                steady in proptest::collection::vec(proptest::bool::ANY, 4),
+            ) {
+                let mut c = cfg(&[NP, P, SLATE, NP], 100, 300, true);
+                c.holddown = HoldDown {
+                    failures: 2,
+                    period: Duration::from_secs(2),
+                    hold: Duration::from_millis(700),
+                };
+                let mut sim = Sim::new(c);
+                let mut t = 0u64;
+                for &(leg, on, off) in &flaps {
+                    sim.send(leg, ms(t), ms(t + on), 10 * MS);
+                    t += on + off;
+                }
+                for (leg, &on) in steady.iter().enumerate() {
+                    if on {
+                        sim.send(leg, ms(t + leg as u64), ms(t + 10_000), 10 * MS);
+                    }
+                }
+                sim.run_until(ms(t + 9_000));
+                // Priority: leg 1 (preferred), 0, 3 (non-preferred), 2 (slate).
+                let want = [1, 0, 3, 2].into_iter().find(|&l| steady[l]);
+                prop_assert_eq!(sim.active(), want);
+            }
+        }
+    }
+}
