@@ -109,7 +109,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http_addr = listener.local_addr()?;
     let state = Arc::new(hitless::http::AppState {
         node: cfg.node.name.clone(),
-        gateway,
+        gateway: tokio::sync::RwLock::new(gateway),
         prometheus,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -124,7 +124,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = http.await;
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("HTTP state still in use at shutdown"))?;
-    for s in state.gateway.shutdown().await {
+    for s in state.gateway.into_inner().shutdown().await {
         tracing::info!(
             channel = %s.name,
             output_packets = s.output.packets,

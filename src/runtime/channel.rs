@@ -40,6 +40,7 @@ pub(super) struct MergeChannel {
     /// Released packets waiting to be sent (reused: no per-packet allocation).
     out: Vec<RtpPacket>,
     legs_lost: u64,
+    muted: bool,
 }
 
 enum Wake {
@@ -58,13 +59,14 @@ impl MergeChannel {
             leg_timeout: cfg.leg_timeout,
         });
         MergeChannel {
-            cfg,
             legs,
             outputs,
             merger,
             capacity,
             out: Vec::with_capacity(1024),
             legs_lost: 0,
+            muted: cfg.muted,
+            cfg,
         }
     }
 
@@ -117,6 +119,10 @@ impl MergeChannel {
                 Wake::Command(Some(Command::Snapshot(tx))) => {
                     let _ = tx.send(self.snapshot(now()));
                 }
+                Wake::Command(Some(Command::Mute(m))) => self.muted = m,
+                Wake::Command(Some(Command::Lock(_, tx) | Command::Stage(_, tx))) => {
+                    let _ = tx.send(Err("locks and stages apply to mode = \"switch\" channels; this channel merges its legs".to_owned()));
+                }
                 Wake::Command(Some(Command::Shutdown) | None) => break,
             }
         }
@@ -166,9 +172,14 @@ impl MergeChannel {
                 .map(|s| s.name.as_str())
                 .unwrap_or("?")
         };
+        if let Event::LegLost { .. } = ev {
+            self.legs_lost += 1;
+        }
+        if self.muted {
+            return;
+        }
         match ev {
             Event::LegLost { leg } => {
-                self.legs_lost += 1;
                 tracing::warn!(channel = %ch, source = src(leg), "source lost: no packets for leg_timeout_ms");
             }
             Event::LegBack { leg } => {
@@ -216,6 +227,8 @@ impl MergeChannel {
                     last_packet_age_ms: st
                         .last_seen
                         .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0),
+                    tr101290: None,
+                    rules: Vec::new(),
                 }
             })
             .collect();
@@ -238,6 +251,7 @@ impl MergeChannel {
         ChannelSnapshot {
             name: self.cfg.name.clone(),
             mode: self.cfg.mode,
+            state: "running",
             merge_window_ms: self.cfg.merge_window.as_millis() as u64,
             sources,
             merge: MergeSnapshot {
@@ -252,6 +266,9 @@ impl MergeChannel {
             output,
             outputs,
             failovers: BTreeMap::from([("leg_lost", self.legs_lost)]),
+            muted: self.muted,
+            switch: None,
+            last_switch_gap_ms: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! what keeps a busy channel from overflowing its receive buffer.
 
 mod channel;
+mod switch;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,12 @@ use crate::output::Output;
 /// Requests from the control side to a channel task.
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<ChannelSnapshot>),
+    /// Switch mode: play this source whatever its health (None: release the lock).
+    Lock(Option<usize>, oneshot::Sender<Result<(), String>>),
+    /// Switch mode: live-event stage.
+    Stage(crate::config::Stage, oneshot::Sender<Result<(), String>>),
+    /// No error/recovery notifications or warning logs (metrics still counted).
+    Mute(bool),
     Shutdown,
 }
 
@@ -32,8 +39,17 @@ pub enum RuntimeError {
     Net { channel: String, source: NetError },
     #[error("channel {channel:?}: mode {mode:?} is not supported by this build")]
     Unsupported { channel: String, mode: Mode },
+    #[error("channel {channel:?}: slate {path}: {reason}")]
+    Slate {
+        channel: String,
+        path: String,
+        reason: String,
+    },
     #[error("channel {channel:?}: cannot start its thread: {source}")]
-    Thread { channel: String, source: std::io::Error },
+    Thread {
+        channel: String,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the API and metrics show about one channel.
@@ -41,6 +57,8 @@ pub enum RuntimeError {
 pub struct ChannelSnapshot {
     pub name: String,
     pub mode: Mode,
+    /// "running", "disabled" (configured, not started) or "stopped" (its thread ended).
+    pub state: &'static str,
     pub merge_window_ms: u64,
     pub sources: Vec<SourceSnapshot>,
     pub merge: MergeSnapshot,
@@ -48,6 +66,14 @@ pub struct ChannelSnapshot {
     pub outputs: Vec<OutputSnapshot>,
     /// Failover-like events by reason (in merge mode: a leg lost).
     pub failovers: BTreeMap<&'static str, u64>,
+    /// No notifications or warning logs for this channel.
+    pub muted: bool,
+    /// Switch mode: what is on air and why, locks, stage, hold-downs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch: Option<crate::merge::switch::SwitchStatus>,
+    /// Switch mode: output gap of the last switch (last packet before → first after), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_switch_gap_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -69,6 +95,12 @@ pub struct SourceSnapshot {
     pub late: u64,
     pub path_differential_ms: f64,
     pub last_packet_age_ms: Option<f64>,
+    /// Switch mode: TR 101 290 priority-1 error counts by indicator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tr101290: Option<BTreeMap<&'static str, u64>>,
+    /// Switch mode: sampled failover rules and their windows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::rules::RuleStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -97,6 +129,57 @@ pub struct OutputSnapshot {
     pub errors: u64,
 }
 
+impl ChannelSnapshot {
+    /// A channel that is not running: its configuration, zero counters.
+    pub fn idle(cfg: &ChannelConfig, state: &'static str) -> ChannelSnapshot {
+        ChannelSnapshot {
+            name: cfg.name.clone(),
+            mode: cfg.mode,
+            state,
+            merge_window_ms: cfg.merge_window.as_millis() as u64,
+            sources: cfg
+                .sources
+                .iter()
+                .map(|s| SourceSnapshot {
+                    name: s.name.clone(),
+                    url: s.url.to_string(),
+                    role: s.role,
+                    local_addr: String::new(),
+                    state,
+                    up: false,
+                    active: false,
+                    packets: 0,
+                    bytes: 0,
+                    dropped: BTreeMap::new(),
+                    recovered: 0,
+                    duplicates: 0,
+                    late: 0,
+                    path_differential_ms: 0.0,
+                    last_packet_age_ms: None,
+                    tr101290: None,
+                    rules: Vec::new(),
+                })
+                .collect(),
+            merge: MergeSnapshot::default(),
+            output: OutputTotals::default(),
+            outputs: cfg
+                .outputs
+                .iter()
+                .map(|o| OutputSnapshot {
+                    url: o.url.to_string(),
+                    packets: 0,
+                    bytes: 0,
+                    errors: 0,
+                })
+                .collect(),
+            failovers: BTreeMap::new(),
+            muted: cfg.muted,
+            switch: None,
+            last_switch_gap_ms: None,
+        }
+    }
+}
+
 /// Handle to a running channel thread.
 pub struct ChannelHandle {
     pub name: String,
@@ -114,55 +197,144 @@ impl ChannelHandle {
     pub fn is_running(&self) -> bool {
         !self.join.is_finished()
     }
+
+    /// Send a command that answers; `Err` when the channel refuses or has stopped.
+    pub async fn lock(&self, source: Option<usize>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Lock(source, tx))
+            .await
+            .map_err(|_| "channel stopped".to_owned())?;
+        rx.await.map_err(|_| "channel stopped".to_owned())?
+    }
+
+    pub async fn set_stage(&self, stage: crate::config::Stage) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stage(stage, tx))
+            .await
+            .map_err(|_| "channel stopped".to_owned())?;
+        rx.await.map_err(|_| "channel stopped".to_owned())?
+    }
+
+    pub async fn mute(&self, muted: bool) -> Result<(), String> {
+        self.tx
+            .send(Command::Mute(muted))
+            .await
+            .map_err(|_| "channel stopped".to_owned())
+    }
+}
+
+/// One configured channel: its configuration and, while it runs, its thread.
+pub struct ChannelSlot {
+    pub cfg: ChannelConfig,
+    pub handle: Option<ChannelHandle>,
+}
+
+impl ChannelSlot {
+    /// A fresh snapshot, or the configuration with zero counters while disabled.
+    pub async fn snapshot(&self) -> ChannelSnapshot {
+        if let Some(h) = &self.handle
+            && let Some(s) = h.snapshot().await
+        {
+            return s;
+        }
+        let state = if self.handle.is_some() {
+            "stopped"
+        } else {
+            "disabled"
+        };
+        ChannelSnapshot::idle(&self.cfg, state)
+    }
 }
 
 /// All channels of this node.
 pub struct Gateway {
-    pub channels: Vec<ChannelHandle>,
+    pub channels: Vec<ChannelSlot>,
 }
 
 impl Gateway {
     /// Start one thread per enabled channel; each binds its sockets first and reports back,
     /// so a bad port fails the start instead of half-running (threads already started are
-    /// stopped again).
+    /// stopped again). Disabled channels are kept, not started.
     pub fn start(cfg: &Config) -> Result<Gateway, RuntimeError> {
-        let mut gw = Gateway { channels: Vec::new() };
-        for ch in cfg.channels.iter().filter(|c| !c.disabled) {
-            match start_channel(ch) {
-                Ok(h) => gw.channels.push(h),
-                Err(e) => {
-                    gw.stop_threads();
-                    return Err(e);
+        let mut gw = Gateway {
+            channels: Vec::new(),
+        };
+        for ch in &cfg.channels {
+            let handle = if ch.disabled {
+                tracing::info!(channel = %ch.name, "channel disabled in the configuration: not started");
+                None
+            } else {
+                match start_channel(ch) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        gw.stop_threads();
+                        return Err(e);
+                    }
                 }
-            }
-        }
-        for ch in cfg.channels.iter().filter(|c| c.disabled) {
-            tracing::info!(channel = %ch.name, "channel disabled in the configuration: not started");
+            };
+            gw.channels.push(ChannelSlot {
+                cfg: ch.clone(),
+                handle,
+            });
         }
         Ok(gw)
     }
 
     fn stop_threads(&mut self) {
-        for c in self.channels.drain(..) {
+        for c in self.channels.drain(..).filter_map(|c| c.handle) {
             let _ = c.tx.try_send(Command::Shutdown);
             let _ = c.join.join();
         }
     }
 
+    pub fn find(&self, name: &str) -> Option<&ChannelSlot> {
+        self.channels.iter().find(|c| c.cfg.name == name)
+    }
+
+    /// Start a disabled channel (API "enable").
+    pub fn enable(&mut self, name: &str) -> Result<(), String> {
+        let slot = self
+            .channels
+            .iter_mut()
+            .find(|c| c.cfg.name == name)
+            .ok_or_else(|| format!("no channel named {name:?}"))?;
+        if slot.handle.as_ref().is_some_and(|h| h.is_running()) {
+            return Ok(());
+        }
+        slot.handle = Some(start_channel(&slot.cfg).map_err(|e| e.to_string())?);
+        tracing::info!(channel = %name, "channel enabled by operator");
+        Ok(())
+    }
+
+    /// Stop a channel and keep its configuration (API "disable"); its sockets are closed.
+    pub async fn disable(&mut self, name: &str) -> Result<(), String> {
+        let slot = self
+            .channels
+            .iter_mut()
+            .find(|c| c.cfg.name == name)
+            .ok_or_else(|| format!("no channel named {name:?}"))?;
+        if let Some(h) = slot.handle.take() {
+            let _ = h.tx.send(Command::Shutdown).await;
+            let _ = tokio::task::spawn_blocking(move || h.join.join()).await;
+            tracing::info!(channel = %name, "channel disabled by operator");
+        }
+        Ok(())
+    }
+
     pub async fn snapshots(&self) -> Vec<ChannelSnapshot> {
         let mut out = Vec::with_capacity(self.channels.len());
         for c in &self.channels {
-            if let Some(s) = c.snapshot().await {
-                out.push(s);
-            }
+            out.push(c.snapshot().await);
         }
         out
     }
 
-    /// Stop every channel and wait for the tasks to end; returns their last snapshots.
+    /// Stop every channel and wait for the threads to end; returns their last snapshots.
     pub async fn shutdown(self) -> Vec<ChannelSnapshot> {
         let last = self.snapshots().await;
-        for c in self.channels {
+        for c in self.channels.into_iter().filter_map(|c| c.handle) {
             let _ = c.tx.send(Command::Shutdown).await;
             let _ = tokio::task::spawn_blocking(move || c.join.join()).await;
         }
@@ -179,14 +351,32 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
     let join = std::thread::Builder::new()
         .name(format!("ch-{}", ch.name))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(RuntimeError::Thread { channel: cfg.name.clone(), source: e }));
+                    let _ = ready_tx.send(Err(RuntimeError::Thread {
+                        channel: cfg.name.clone(),
+                        source: e,
+                    }));
                     return;
                 }
             };
             rt.block_on(async move {
+                if cfg.mode == Mode::Switch {
+                    match switch::SwitchChannel::open(&cfg) {
+                        Ok(task) => {
+                            let _ = ready_tx.send(Ok(()));
+                            task.run(rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                    return;
+                }
                 match prepare(&cfg) {
                     Ok(task) => {
                         let _ = ready_tx.send(Ok(()));
@@ -198,7 +388,10 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
                 }
             });
         })
-        .map_err(|source| RuntimeError::Thread { channel: ch.name.clone(), source })?;
+        .map_err(|source| RuntimeError::Thread {
+            channel: ch.name.clone(),
+            source,
+        })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(ChannelHandle { name, tx, join }),
         Ok(Err(e)) => {
@@ -207,7 +400,10 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
         }
         Err(_) => {
             let _ = join.join();
-            Err(RuntimeError::Thread { channel: name, source: std::io::Error::other("channel thread ended during start") })
+            Err(RuntimeError::Thread {
+                channel: name,
+                source: std::io::Error::other("channel thread ended during start"),
+            })
         }
     }
 }

@@ -1,0 +1,550 @@
+//! The thread that runs one `mode = "switch"` channel: receives every source (so health,
+//! TR 101 290 and the rules are always known), asks the sans-IO [`Switch`] which one is on
+//! air, runs the active source's packets through the [`Splicer`] (clean switches) and sends
+//! them to every output. The only clock reads are here.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use super::{
+    ChannelSnapshot, Command, MergeSnapshot, OutputSnapshot, OutputTotals, RuntimeError,
+    SourceSnapshot,
+};
+use crate::config::ChannelConfig;
+use crate::ingest::Leg;
+use crate::merge::LegId;
+use crate::merge::switch::{Event, Reason, Switch, SwitchConfig};
+use crate::output::Output;
+use crate::rules::tr101290::{Indicator, P1Config, Tr101290};
+use crate::rules::{SourceMeter, SourceRules};
+use crate::slate::SlatePlayer;
+use crate::ts::splice::Splicer;
+use crate::ts::{PACKET_LEN, Pid};
+use crate::url::Scheme;
+
+/// Batches read from one socket before the task looks at the others again.
+const READ_BUDGET: usize = 8;
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Where a source's packets come from.
+enum Input {
+    Net(Leg),
+    /// A looped file played by its PCR.
+    Slate {
+        player: SlatePlayer,
+        packets: u64,
+        bytes: u64,
+    },
+}
+
+/// Everything the channel knows about one source.
+struct Source {
+    input: Input,
+    p1: Tr101290,
+    rules: SourceRules,
+}
+
+/// The rule engine reads cumulative counters at window ends.
+struct Meter<'a>(&'a Input, &'a Tr101290);
+
+impl SourceMeter for Meter<'_> {
+    fn bytes(&self) -> u64 {
+        match self.0 {
+            Input::Net(l) => l.stats.bytes,
+            Input::Slate { bytes, .. } => *bytes,
+        }
+    }
+    fn p1_errors(&self, pid: Option<Pid>) -> u64 {
+        match pid {
+            Some(p) => self.1.errors_for_pid(p),
+            None => self.1.errors_total(),
+        }
+    }
+    fn unrecovered(&self) -> u64 {
+        0
+    }
+}
+
+pub(super) struct SwitchChannel {
+    cfg: ChannelConfig,
+    sources: Vec<Source>,
+    outputs: Vec<Output>,
+    switch: Switch,
+    splicer: Splicer,
+    /// Packets to send (reused: no per-packet allocation).
+    out: Vec<Bytes>,
+    /// Scratch for the packets of sources that are not on air (the splicer still reads their
+    /// PSI; nothing is emitted).
+    scratch: Vec<Bytes>,
+    /// Packets the slate player made due (reused).
+    slate_buf: Vec<Bytes>,
+    muted: bool,
+    last_output: Option<Instant>,
+    /// A switch happened and the first packet after it has not been sent yet.
+    switch_pending_since: Option<Instant>,
+    last_gap_ms: Option<f64>,
+}
+
+enum Wake {
+    Readable(usize),
+    Timer,
+    Command(Option<Command>),
+}
+
+impl SwitchChannel {
+    /// Bind every socket and load every slate (inside the channel's runtime).
+    pub(super) fn open(cfg: &ChannelConfig) -> Result<SwitchChannel, RuntimeError> {
+        let net = |source| RuntimeError::Net {
+            channel: cfg.name.clone(),
+            source,
+        };
+        let start = now();
+        let mut sources = Vec::new();
+        for src in &cfg.sources {
+            let input = if src.url.scheme == Scheme::File {
+                let path = src.url.path.clone().unwrap_or_default();
+                let slate_err = |reason: String| RuntimeError::Slate {
+                    channel: cfg.name.clone(),
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let data = std::fs::read(&path).map_err(|e| slate_err(e.to_string()))?;
+                let mut player =
+                    SlatePlayer::new(Bytes::from(data)).map_err(|e| slate_err(e.to_string()))?;
+                player.start(start);
+                tracing::info!(channel = %cfg.name, source = %src.name, path = %path.display(), "slate loaded");
+                Input::Slate {
+                    player,
+                    packets: 0,
+                    bytes: 0,
+                }
+            } else {
+                let opened = Leg::open(src).map_err(net)?;
+                if opened.granted_recv_buffer < opened.requested_recv_buffer {
+                    tracing::warn!(
+                        channel = %cfg.name,
+                        source = %src.name,
+                        requested = opened.requested_recv_buffer,
+                        granted = opened.granted_recv_buffer,
+                        "the kernel capped the receive buffer below recv_buffer_bytes: raise net.core.rmem_max (see deploy/99-hitless-sysctl.conf)"
+                    );
+                }
+                tracing::info!(channel = %cfg.name, source = %src.name, url = %src.url, local = %opened.leg.local, "listening");
+                Input::Net(opened.leg)
+            };
+            sources.push(Source {
+                input,
+                p1: Tr101290::new(P1Config {
+                    pid_error_period: cfg.pid_error_period,
+                    ..P1Config::default()
+                }),
+                rules: SourceRules::new(start, &cfg.rules),
+            });
+        }
+        let mut outputs = Vec::new();
+        for o in &cfg.outputs {
+            outputs.push(Output::open(o).map_err(net)?);
+            tracing::info!(channel = %cfg.name, url = %o.url, "output");
+        }
+        let switch = Switch::new(
+            start,
+            SwitchConfig {
+                roles: cfg.sources.iter().map(|s| s.role).collect(),
+                offline_window: cfg.offline_window,
+                auto_switch_to_preferred: cfg.auto_switch_to_preferred,
+                clear_time: cfg.clear_time,
+                holddown: cfg.holddown,
+                stage: cfg.stage,
+            },
+        );
+        Ok(SwitchChannel {
+            muted: cfg.muted,
+            cfg: cfg.clone(),
+            sources,
+            outputs,
+            switch,
+            splicer: Splicer::new(),
+            out: Vec::with_capacity(1024),
+            scratch: Vec::with_capacity(256),
+            slate_buf: Vec::with_capacity(256),
+            last_output: None,
+            switch_pending_since: None,
+            last_gap_ms: None,
+        })
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut t = self.switch.poll_timeout();
+        let mut min = |d: Option<Instant>| {
+            if let Some(d) = d {
+                t = Some(t.map_or(d, |t: Instant| t.min(d)));
+            }
+        };
+        for s in &self.sources {
+            min(s.rules.poll_timeout());
+            min(s.p1.poll_timeout());
+            if let Input::Slate { player, .. } = &s.input {
+                min(player.poll_timeout());
+            }
+        }
+        t
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut timer: Pin<Box<Sleep>> =
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut armed: Option<Instant> = None;
+        let mut first = 0usize;
+        loop {
+            if let Some(t) = self.next_deadline()
+                && armed.is_none_or(|a| t < a)
+            {
+                timer.as_mut().reset(tokio::time::Instant::from_std(t));
+                armed = Some(t);
+            }
+            let sources = &self.sources;
+            let wake = poll_fn(|cx| {
+                if let Poll::Ready(c) = commands.poll_recv(cx) {
+                    return Poll::Ready(Wake::Command(c));
+                }
+                for k in 0..sources.len() {
+                    let i = (first + k) % sources.len();
+                    if let Input::Net(leg) = &sources[i].input
+                        && leg.socket.poll_recv_ready(cx).is_ready()
+                    {
+                        return Poll::Ready(Wake::Readable(i));
+                    }
+                }
+                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Readable(i) => {
+                    first = (i + 1) % self.sources.len();
+                    let now = now();
+                    self.read_source(now, i);
+                    self.flush(now).await;
+                }
+                Wake::Timer => {
+                    armed = None;
+                    let now = now();
+                    self.handle_timeout(now);
+                    self.flush(now).await;
+                }
+                Wake::Command(Some(c)) => {
+                    let now = now();
+                    if !self.handle_command(now, c) {
+                        break;
+                    }
+                    self.flush(now).await;
+                }
+                Wake::Command(None) => break,
+            }
+        }
+        tracing::info!(channel = %self.cfg.name, "channel stopped");
+    }
+
+    /// Returns false on shutdown.
+    fn handle_command(&mut self, now: Instant, c: Command) -> bool {
+        match c {
+            Command::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot(now));
+            }
+            Command::Lock(Some(i), tx) => {
+                let r = if i < self.sources.len() {
+                    self.switch.lock(now, LegId(i));
+                    tracing::info!(channel = %self.cfg.name, source = %self.cfg.sources[i].name, "locked by operator");
+                    Ok(())
+                } else {
+                    Err(format!("no source #{i}"))
+                };
+                let _ = tx.send(r);
+            }
+            Command::Lock(None, tx) => {
+                self.switch.unlock(now);
+                tracing::info!(channel = %self.cfg.name, "lock released by operator");
+                let _ = tx.send(Ok(()));
+            }
+            Command::Stage(stage, tx) => {
+                self.switch.set_stage(now, stage);
+                tracing::info!(channel = %self.cfg.name, %stage, "stage set by operator");
+                let _ = tx.send(Ok(()));
+            }
+            Command::Mute(m) => {
+                self.muted = m;
+                tracing::info!(channel = %self.cfg.name, muted = m, "notifications {}", if m { "muted" } else { "unmuted" });
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn read_source(&mut self, now: Instant, i: usize) {
+        let Source {
+            input: Input::Net(leg),
+            p1,
+            ..
+        } = &mut self.sources[i]
+        else {
+            return;
+        };
+        let (switch, splicer, out, scratch) = (
+            &mut self.switch,
+            &mut self.splicer,
+            &mut self.out,
+            &mut self.scratch,
+        );
+        for _ in 0..READ_BUDGET {
+            let res = leg.read_ts_batch(|payload| {
+                for pkt in payload.chunks_exact(PACKET_LEN) {
+                    p1.push(now, pkt);
+                }
+                deliver(switch, splicer, now, i, &payload, out, scratch);
+            });
+            match res {
+                Ok(n) if n < crate::net::mmsg::BATCH => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(channel = %self.cfg.name, source = %self.cfg.sources[i].name, error = %e, "receive failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.sources.len() {
+            if let Input::Slate { .. } = self.sources[i].input {
+                self.play_slate(now, i);
+            }
+            let Source { input, p1, rules } = &mut self.sources[i];
+            p1.handle_timeout(now);
+            let before = rules.failing();
+            rules.handle_timeout(now, &Meter(input, p1));
+            let after = rules.failing();
+            if before != after {
+                self.switch.set_rule_state(now, LegId(i), after);
+            }
+        }
+        self.switch.handle_timeout(now);
+    }
+
+    fn play_slate(&mut self, now: Instant, i: usize) {
+        let Source {
+            input:
+                Input::Slate {
+                    player,
+                    packets,
+                    bytes,
+                },
+            p1,
+            ..
+        } = &mut self.sources[i]
+        else {
+            return;
+        };
+        self.slate_buf.clear();
+        player.poll_packets(now, &mut self.slate_buf);
+        for pkt in self.slate_buf.drain(..) {
+            *packets += 1;
+            *bytes += pkt.len() as u64;
+            p1.push(now, &pkt);
+            deliver(
+                &mut self.switch,
+                &mut self.splicer,
+                now,
+                i,
+                &pkt,
+                &mut self.out,
+                &mut self.scratch,
+            );
+        }
+    }
+
+    /// Send what the splicer produced, to every output; then log the switch events.
+    async fn flush(&mut self, now: Instant) {
+        while let Some(ev) = self.switch.poll_event() {
+            self.handle_event(now, ev);
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        if let Some(since) = self.switch_pending_since.take() {
+            let gap = self
+                .last_output
+                .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+            self.last_gap_ms = gap;
+            tracing::info!(channel = %self.cfg.name, gap_ms = gap.unwrap_or(0.0), decided_ms_ago = now.saturating_duration_since(since).as_secs_f64() * 1000.0, "first packet after switch");
+        }
+        for o in &mut self.outputs {
+            o.send_ts(now, &self.out).await;
+        }
+        self.out.clear();
+        self.last_output = Some(now);
+    }
+
+    fn handle_event(&mut self, now: Instant, ev: Event) {
+        let name = |i: Option<LegId>| {
+            i.and_then(|l| self.cfg.sources.get(l.0))
+                .map_or("none", |s| s.name.as_str())
+        };
+        match ev {
+            Event::Switched {
+                from, to, reason, ..
+            } => {
+                if let Some(to) = to {
+                    self.splicer.switch_to(to.0);
+                }
+                self.switch_pending_since = Some(now);
+                let quiet = self.muted && !matches!(reason, Reason::Manual | Reason::Stage);
+                if !quiet {
+                    tracing::warn!(channel = %self.cfg.name, from = name(from), to = name(to), reason = reason.label(), "switched");
+                }
+            }
+            Event::SourceDown { leg, reason } if !self.muted => {
+                tracing::warn!(channel = %self.cfg.name, source = name(Some(leg)), reason = reason.label(), "source unhealthy")
+            }
+            Event::SourceUp { leg } if !self.muted => {
+                tracing::info!(channel = %self.cfg.name, source = name(Some(leg)), "source healthy")
+            }
+            Event::HeldDown { leg, until } if !self.muted => tracing::warn!(
+                channel = %self.cfg.name,
+                source = name(Some(leg)),
+                hold_ms = until.saturating_duration_since(now).as_millis() as u64,
+                "source flapping: held down"
+            ),
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> ChannelSnapshot {
+        let status = self.switch.status(now);
+        let active = self.switch.active().map(|l| l.0);
+        let sources = self
+            .cfg
+            .sources
+            .iter()
+            .zip(&self.sources)
+            .enumerate()
+            .map(|(i, (cfg, src))| {
+                let st = status.sources.get(i);
+                let (packets, bytes, dropped, local) = match &src.input {
+                    Input::Net(l) => (
+                        l.stats.packets,
+                        l.stats.bytes,
+                        l.stats.dropped_by_reason().collect(),
+                        l.local.to_string(),
+                    ),
+                    Input::Slate { packets, bytes, .. } => {
+                        (*packets, *bytes, BTreeMap::new(), String::new())
+                    }
+                };
+                let up = st.is_some_and(|s| s.healthy);
+                SourceSnapshot {
+                    name: cfg.name.clone(),
+                    url: cfg.url.to_string(),
+                    role: cfg.role,
+                    local_addr: local,
+                    state: match st {
+                        Some(s) if s.held_down_for_ms.is_some() => "held-down",
+                        Some(s) if s.offline && s.last_packet_ms_ago.is_none() => "waiting",
+                        Some(s) if s.offline => "offline",
+                        Some(s) if s.failing_rule.is_some() => "failing-rule",
+                        _ => "receiving",
+                    },
+                    up,
+                    active: active == Some(i),
+                    packets,
+                    bytes,
+                    dropped,
+                    recovered: 0,
+                    duplicates: 0,
+                    late: 0,
+                    path_differential_ms: 0.0,
+                    last_packet_age_ms: st.and_then(|s| s.last_packet_ms_ago).map(|v| v as f64),
+                    tr101290: Some(
+                        Indicator::ALL
+                            .iter()
+                            .map(|ind| (ind.label(), src.p1.count(*ind)))
+                            .collect(),
+                    ),
+                    rules: src.rules.status(),
+                }
+            })
+            .collect();
+        let outputs: Vec<OutputSnapshot> = self
+            .outputs
+            .iter()
+            .map(|o| OutputSnapshot {
+                url: o.url.to_string(),
+                packets: o.stats.packets,
+                bytes: o.stats.bytes,
+                errors: o.stats.errors,
+            })
+            .collect();
+        let output = outputs.iter().fold(OutputTotals::default(), |mut t, o| {
+            t.packets += o.packets;
+            t.bytes += o.bytes;
+            t.errors += o.errors;
+            t
+        });
+        let stats = self.switch.stats();
+        let failovers = (0..Reason::COUNT)
+            .filter_map(|k| Reason::from_index(k).map(|r| (r.label(), stats.switches[k])))
+            .collect();
+        ChannelSnapshot {
+            name: self.cfg.name.clone(),
+            mode: self.cfg.mode,
+            state: "running",
+            merge_window_ms: self.cfg.merge_window.as_millis() as u64,
+            sources,
+            merge: MergeSnapshot::default(),
+            output,
+            outputs,
+            failovers,
+            muted: self.muted,
+            switch: Some(status),
+            last_switch_gap_ms: self.last_gap_ms,
+        }
+    }
+}
+
+/// One datagram (or slate packet run) from source `i`: tell the switch, and run it through
+/// the splicer — into `out` when the source is on air, into `scratch` otherwise (the
+/// splicer reads every source's PSI so that a switch can announce the new tables at once).
+fn deliver(
+    switch: &mut Switch,
+    splicer: &mut Splicer,
+    now: Instant,
+    i: usize,
+    payload: &Bytes,
+    out: &mut Vec<Bytes>,
+    scratch: &mut Vec<Bytes>,
+) {
+    let on_air = switch.on_packet(now, LegId(i));
+    if on_air {
+        if splicer.active() != Some(i) {
+            splicer.switch_to(i);
+        }
+        splicer.push(i, payload, out);
+    } else {
+        splicer.push(i, payload, scratch);
+        scratch.clear();
+    }
+}
