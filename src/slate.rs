@@ -325,6 +325,11 @@ mod tests {
             }
         }
         assert_eq!(cc.errors, 0, "continuity across loop points");
+        // For a look by hand: HITLESS_SLATE_OUT=/tmp/x cargo test slate; ffprobe /tmp/x.<file>
+        if let Ok(path) = std::env::var("HITLESS_SLATE_OUT") {
+            let bytes: Vec<u8> = got.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            std::fs::write(format!("{path}.{file}"), bytes).unwrap();
+        }
         // Rate over the whole run: PCR delta / time delta = 27 MHz.
         let ((fp, ft), (lp, lt)) = (first_pcr.unwrap(), last_pcr.unwrap());
         let rate = (lp - fp) as f64 / lt.duration_since(ft).as_secs_f64();
