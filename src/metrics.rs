@@ -28,6 +28,14 @@ pub const OUTPUT_BYTES: &str = "hitless_output_bytes_total";
 pub const OUTPUT_ERRORS: &str = "hitless_output_send_errors_total";
 pub const ACTIVE_SOURCE: &str = "hitless_channel_active_source";
 pub const FAILOVERS: &str = "hitless_failovers_total";
+pub const TR101290_ERRORS: &str = "hitless_tr101290_errors_total";
+pub const SOURCE_HEALTHY: &str = "hitless_source_healthy";
+pub const SOURCE_HELD_DOWN: &str = "hitless_source_held_down";
+pub const RULE_FAILING: &str = "hitless_rule_failing";
+pub const CHANNEL_LOCKED: &str = "hitless_channel_locked";
+pub const CHANNEL_STAGE: &str = "hitless_channel_stage";
+pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
+pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -99,6 +107,38 @@ fn describe() {
         FAILOVERS,
         "Times the channel lost or changed a source, by reason."
     );
+    describe_counter!(
+        TR101290_ERRORS,
+        "ETSI TR 101 290 priority-1 errors per source, by indicator."
+    );
+    describe_gauge!(
+        SOURCE_HEALTHY,
+        "Switch mode: 1 while the source is online with no failing rule."
+    );
+    describe_gauge!(
+        SOURCE_HELD_DOWN,
+        "Switch mode: 1 while a flapping source is held down."
+    );
+    describe_gauge!(
+        RULE_FAILING,
+        "Switch mode: 1 while a failover rule of the source fails, by condition."
+    );
+    describe_gauge!(
+        CHANNEL_LOCKED,
+        "Switch mode: 1 while an operator lock holds the channel on a source."
+    );
+    describe_gauge!(
+        CHANNEL_STAGE,
+        "Switch mode: 1 for the channel's live-event stage."
+    );
+    describe_gauge!(
+        CHANNEL_RUNNING,
+        "1 while the channel runs, 0 when disabled or stopped."
+    );
+    describe_gauge!(
+        SWITCH_GAP,
+        "Switch mode: output gap around the last switch, in seconds."
+    );
 }
 
 /// Write one channel's snapshot into the recorder.
@@ -112,6 +152,24 @@ pub fn publish(s: &ChannelSnapshot) {
         gauge!(MERGE_PATH_DIFF, &l).set(src.path_differential_ms / 1000.0);
         gauge!(SOURCE_UP, &l).set(if src.up { 1.0 } else { 0.0 });
         gauge!(ACTIVE_SOURCE, &l).set(if src.active { 1.0 } else { 0.0 });
+        if let Some(p1) = &src.tr101290 {
+            for (ind, n) in p1 {
+                let l = [
+                    ("channel", ch.clone()),
+                    ("source", src.name.clone()),
+                    ("indicator", (*ind).to_owned()),
+                ];
+                counter!(TR101290_ERRORS, &l).absolute(*n);
+            }
+        }
+        for r in &src.rules {
+            let l = [
+                ("channel", ch.clone()),
+                ("source", src.name.clone()),
+                ("condition", r.condition.label().to_owned()),
+            ];
+            gauge!(RULE_FAILING, &l).set(if r.failing { 1.0 } else { 0.0 });
+        }
         for (reason, n) in &src.dropped {
             let l = [
                 ("channel", ch.clone()),
@@ -122,6 +180,29 @@ pub fn publish(s: &ChannelSnapshot) {
         }
     }
     let l = [("channel", ch.clone())];
+    gauge!(CHANNEL_RUNNING, &l).set(if s.state == "running" { 1.0 } else { 0.0 });
+    if let Some(sw) = &s.switch {
+        gauge!(CHANNEL_LOCKED, &l).set(if sw.locked.is_some() { 1.0 } else { 0.0 });
+        for stage in crate::config::Stage::ALL {
+            let l = [
+                ("channel", ch.clone()),
+                ("stage", stage.as_str().to_owned()),
+            ];
+            gauge!(CHANNEL_STAGE, &l).set(if sw.stage == stage { 1.0 } else { 0.0 });
+        }
+        for (src, st) in s.sources.iter().zip(&sw.sources) {
+            let l = [("channel", ch.clone()), ("source", src.name.clone())];
+            gauge!(SOURCE_HEALTHY, &l).set(if st.healthy { 1.0 } else { 0.0 });
+            gauge!(SOURCE_HELD_DOWN, &l).set(if st.held_down_for_ms.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        if let Some(gap) = s.last_switch_gap_ms {
+            gauge!(SWITCH_GAP, &l).set(gap / 1000.0);
+        }
+    }
     counter!(MERGE_UNRECOVERED, &l).absolute(s.merge.unrecovered);
     counter!(MERGE_DUPLICATES, &l).absolute(s.merge.duplicates);
     counter!(MERGE_LATE, &l).absolute(s.merge.late);

@@ -157,11 +157,23 @@ fn merge_recovers_independent_loss_skew_and_outage() {
     // a recovered every packet b lost that a delivered, up to b's last packet (after it b
     // never skips anything, so its losses there are not attributed).
     let last_b = (0..n).rev().find(|i| !drop_b.contains(i)).unwrap();
-    let only_a = drop_b.iter().filter(|i| !lost_all.contains(i) && **i < last_b).count();
+    let only_a = drop_b
+        .iter()
+        .filter(|i| !lost_all.contains(i) && **i < last_b)
+        .count();
     let last_a = (0..n).rev().find(|i| !drop_a.contains(i)).unwrap();
-    let only_b = drop_a.iter().filter(|i| !lost_all.contains(i) && **i < last_a).count();
-    assert_eq!(ch["sources"][0]["recovered"].as_u64().unwrap(), only_a as u64);
-    assert_eq!(ch["sources"][1]["recovered"].as_u64().unwrap(), only_b as u64);
+    let only_b = drop_a
+        .iter()
+        .filter(|i| !lost_all.contains(i) && **i < last_a)
+        .count();
+    assert_eq!(
+        ch["sources"][0]["recovered"].as_u64().unwrap(),
+        only_a as u64
+    );
+    assert_eq!(
+        ch["sources"][1]["recovered"].as_u64().unwrap(),
+        only_b as u64
+    );
 
     let (code, metrics) = gw.get("/metrics");
     assert_eq!(code, 200);
