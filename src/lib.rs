@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod merge;
 pub mod metrics;
@@ -17,5 +18,4 @@ pub mod runtime;
 pub mod slate;
 pub mod tools;
 pub mod ts;
-pub mod http;
 pub mod url;

@@ -6,9 +6,9 @@
 //!   channel).
 
 pub mod seq2022_7;
-pub mod switch;
 #[cfg(test)]
 mod sim;
+pub mod switch;
 
 /// Index of a leg (source) within its channel, in configuration order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
