@@ -439,16 +439,22 @@ impl Splicer {
             if version != s.version() {
                 psi::set_version(&mut self.scratch, version);
             }
-            let rec = OutTable {
-                pid,
-                section: self.scratch.clone(),
-            };
-            if pid == Pid(0) && self.scratch[0] == TABLE_PAT {
-                self.out_pat = Some(rec);
+            // Reuse the table's buffer: no allocation per PSI section in the steady state.
+            let rec = if pid == Pid(0) && self.scratch[0] == TABLE_PAT {
+                self.out_pat.get_or_insert_with(|| OutTable {
+                    pid,
+                    section: Vec::new(),
+                })
             } else {
                 let program = u16::from_be_bytes([self.scratch[3], self.scratch[4]]);
-                self.out_pmts.insert(program, rec);
-            }
+                self.out_pmts.entry(program).or_insert_with(|| OutTable {
+                    pid,
+                    section: Vec::new(),
+                })
+            };
+            rec.pid = pid;
+            rec.section.clear();
+            rec.section.extend_from_slice(&self.scratch);
         }
         let n_packets = 1 + self.scratch.len().saturating_sub(183).div_ceil(184);
         let last = self.out_cc[usize::from(pid.0)];
