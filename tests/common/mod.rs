@@ -179,3 +179,81 @@ pub fn send(args: &[&str], report: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&std::fs::read(report).expect("read report")).expect("report JSON")
 }
+
+impl Gateway {
+    /// Wait for a log line that satisfies `pred` (an event, bounded by a failure guard);
+    /// returns it. Lines before it are echoed for the test log.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.log.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if pred(&line) => {
+                    eprintln!("gateway: {line}");
+                    return line;
+                }
+                Ok(line) => eprintln!("gateway: {line}"),
+                Err(e) => panic!("gateway never logged {what}: {e}"),
+            }
+        }
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http_post(self.http, path, body)
+    }
+}
+
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read http");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    (code, body)
+}
+
+/// Start `hitless send` in the background.
+pub fn spawn_send(args: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("send")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hitless send")
+}
+
+/// Capture datagrams until `stop` says so (checked after each datagram) or the stream has
+/// been silent for `idle` (the end-of-stream guard).
+pub fn capture_until(s: &UdpSocket, idle: Duration, stop: impl Fn() -> bool) -> Vec<Vec<u8>> {
+    s.set_read_timeout(Some(idle)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(len) = s.recv(&mut buf) {
+        out.push(buf[..len].to_vec());
+        if stop() {
+            break;
+        }
+    }
+    out
+}
