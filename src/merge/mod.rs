@@ -7,7 +7,7 @@
 
 pub mod seq2022_7;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 pub mod switch;
 
 /// Index of a leg (source) within its channel, in configuration order.

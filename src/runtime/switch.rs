@@ -27,7 +27,7 @@ use crate::rules::tr101290::{Indicator, P1Config, Tr101290};
 use crate::rules::{SourceMeter, SourceRules};
 use crate::slate::SlatePlayer;
 use crate::ts::splice::Splicer;
-use crate::ts::{PACKET_LEN, Pid};
+use crate::ts::{self, PACKET_LEN, Pid};
 use crate::url::Scheme;
 
 /// Batches read from one socket before the task looks at the others again.
@@ -81,13 +81,7 @@ pub(super) struct SwitchChannel {
     cfg: ChannelConfig,
     sources: Vec<Source>,
     outputs: Vec<Output>,
-    switch: Switch,
-    splicer: Splicer,
-    /// Packets to send (reused: no per-packet allocation).
-    out: Vec<Bytes>,
-    /// Scratch for the packets of sources that are not on air (the splicer still reads their
-    /// PSI; nothing is emitted).
-    scratch: Vec<Bytes>,
+    router: Router,
     /// Packets the slate player made due (reused).
     slate_buf: Vec<Bytes>,
     muted: bool,
@@ -174,10 +168,15 @@ impl SwitchChannel {
             cfg: cfg.clone(),
             sources,
             outputs,
-            switch,
-            splicer: Splicer::new(),
-            out: Vec::with_capacity(1024),
-            scratch: Vec::with_capacity(256),
+            router: Router {
+                switch,
+                splicer: Splicer::new(),
+                out: Vec::with_capacity(1024),
+                scratch: Vec::with_capacity(256),
+                switch_on_rap: cfg.switch_on_rap,
+                rap_max_wait: cfg.rap_max_wait,
+                rap_wait: None,
+            },
             slate_buf: Vec::with_capacity(256),
             last_output: None,
             switch_pending_since: None,
@@ -186,7 +185,7 @@ impl SwitchChannel {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut t = self.switch.poll_timeout();
+        let mut t = self.router.switch.poll_timeout();
         let mut min = |d: Option<Instant>| {
             if let Some(d) = d {
                 t = Some(t.map_or(d, |t: Instant| t.min(d)));
@@ -267,7 +266,7 @@ impl SwitchChannel {
             }
             Command::Lock(Some(i), tx) => {
                 let r = if i < self.sources.len() {
-                    self.switch.lock(now, LegId(i));
+                    self.router.switch.lock(now, LegId(i));
                     tracing::info!(channel = %self.cfg.name, source = %self.cfg.sources[i].name, "locked by operator");
                     Ok(())
                 } else {
@@ -276,12 +275,12 @@ impl SwitchChannel {
                 let _ = tx.send(r);
             }
             Command::Lock(None, tx) => {
-                self.switch.unlock(now);
+                self.router.switch.unlock(now);
                 tracing::info!(channel = %self.cfg.name, "lock released by operator");
                 let _ = tx.send(Ok(()));
             }
             Command::Stage(stage, tx) => {
-                self.switch.set_stage(now, stage);
+                self.router.switch.set_stage(now, stage);
                 tracing::info!(channel = %self.cfg.name, %stage, "stage set by operator");
                 let _ = tx.send(Ok(()));
             }
@@ -303,18 +302,13 @@ impl SwitchChannel {
         else {
             return;
         };
-        let (switch, splicer, out, scratch) = (
-            &mut self.switch,
-            &mut self.splicer,
-            &mut self.out,
-            &mut self.scratch,
-        );
+        let router = &mut self.router;
         for _ in 0..READ_BUDGET {
             let res = leg.read_ts_batch(|payload| {
                 for pkt in payload.chunks_exact(PACKET_LEN) {
                     p1.push(now, pkt);
                 }
-                deliver(switch, splicer, now, i, &payload, out, scratch);
+                router.deliver(now, i, &payload);
             });
             match res {
                 Ok(n) if n < crate::net::mmsg::BATCH => break,
@@ -339,10 +333,10 @@ impl SwitchChannel {
             rules.handle_timeout(now, &Meter(input, p1));
             let after = rules.failing();
             if before != after {
-                self.switch.set_rule_state(now, LegId(i), after);
+                self.router.switch.set_rule_state(now, LegId(i), after);
             }
         }
-        self.switch.handle_timeout(now);
+        self.router.switch.handle_timeout(now);
     }
 
     fn play_slate(&mut self, now: Instant, i: usize) {
@@ -365,24 +359,16 @@ impl SwitchChannel {
             *packets += 1;
             *bytes += pkt.len() as u64;
             p1.push(now, &pkt);
-            deliver(
-                &mut self.switch,
-                &mut self.splicer,
-                now,
-                i,
-                &pkt,
-                &mut self.out,
-                &mut self.scratch,
-            );
+            self.router.deliver(now, i, &pkt);
         }
     }
 
     /// Send what the splicer produced, to every output; then log the switch events.
     async fn flush(&mut self, now: Instant) {
-        while let Some(ev) = self.switch.poll_event() {
+        while let Some(ev) = self.router.switch.poll_event() {
             self.handle_event(now, ev);
         }
-        if self.out.is_empty() {
+        if self.router.out.is_empty() {
             return;
         }
         if let Some(since) = self.switch_pending_since.take() {
@@ -393,9 +379,9 @@ impl SwitchChannel {
             tracing::info!(channel = %self.cfg.name, gap_ms = gap.unwrap_or(0.0), decided_ms_ago = now.saturating_duration_since(since).as_secs_f64() * 1000.0, "first packet after switch");
         }
         for o in &mut self.outputs {
-            o.send_ts(now, &self.out).await;
+            o.send_ts(now, &self.router.out).await;
         }
-        self.out.clear();
+        self.router.out.clear();
         self.last_output = Some(now);
     }
 
@@ -408,9 +394,6 @@ impl SwitchChannel {
             Event::Switched {
                 from, to, reason, ..
             } => {
-                if let Some(to) = to {
-                    self.splicer.switch_to(to.0);
-                }
                 self.switch_pending_since = Some(now);
                 let quiet = self.muted && !matches!(reason, Reason::Manual | Reason::Stage);
                 if !quiet {
@@ -434,8 +417,8 @@ impl SwitchChannel {
     }
 
     fn snapshot(&self, now: Instant) -> ChannelSnapshot {
-        let status = self.switch.status(now);
-        let active = self.switch.active().map(|l| l.0);
+        let status = self.router.switch.status(now);
+        let active = self.router.switch.active().map(|l| l.0);
         let sources = self
             .cfg
             .sources
@@ -504,7 +487,7 @@ impl SwitchChannel {
             t.errors += o.errors;
             t
         });
-        let stats = self.switch.stats();
+        let stats = self.router.switch.stats();
         let failovers = (0..Reason::COUNT)
             .filter_map(|k| Reason::from_index(k).map(|r| (r.label(), stats.switches[k])))
             .collect();
@@ -525,26 +508,193 @@ impl SwitchChannel {
     }
 }
 
-/// One datagram (or slate packet run) from source `i`: tell the switch, and run it through
-/// the splicer — into `out` when the source is on air, into `scratch` otherwise (the
-/// splicer reads every source's PSI so that a switch can announce the new tables at once).
-fn deliver(
-    switch: &mut Switch,
-    splicer: &mut Splicer,
-    now: Instant,
-    i: usize,
-    payload: &Bytes,
-    out: &mut Vec<Bytes>,
-    scratch: &mut Vec<Bytes>,
-) {
-    let on_air = switch.on_packet(now, LegId(i));
-    if on_air {
-        if splicer.active() != Some(i) {
-            splicer.switch_to(i);
+/// The packet path of a switch channel: asks the [`Switch`] whether a datagram is on air and
+/// runs it through the [`Splicer`] — into `out` when on air, into `scratch` otherwise (the
+/// splicer reads every source's PSI so that a switch can announce the new tables at once;
+/// what it emits for sources off air is discarded). With `switch_on_rap`, a switch to a new
+/// source is held until that source sends a random access point (random_access_indicator)
+/// or `rap_max_wait` has passed; meanwhile the old source, if it still sends, stays on air.
+struct Router {
+    switch: Switch,
+    splicer: Splicer,
+    /// Packets to send (reused: no per-packet allocation).
+    out: Vec<Bytes>,
+    scratch: Vec<Bytes>,
+    switch_on_rap: bool,
+    rap_max_wait: std::time::Duration,
+    /// (new source, give up waiting at) while a switch waits for a random access point.
+    rap_wait: Option<(usize, Instant)>,
+}
+
+impl Router {
+    fn deliver(&mut self, now: Instant, i: usize, payload: &Bytes) {
+        let on_air = self.switch.on_packet(now, LegId(i));
+        let playing = self.splicer.active();
+        if on_air && playing != Some(i) {
+            if self.switch_on_rap && playing.is_some() {
+                let deadline = match self.rap_wait {
+                    Some((to, d)) if to == i => d,
+                    _ => now + self.rap_max_wait,
+                };
+                self.rap_wait = Some((i, deadline));
+                if now < deadline && !ts::packets(payload).any(|p| p.random_access()) {
+                    self.splicer.push(i, payload, &mut self.scratch);
+                    self.scratch.clear();
+                    return;
+                }
+            }
+            self.rap_wait = None;
+            self.splicer.switch_to(i);
         }
-        splicer.push(i, payload, out);
-    } else {
-        splicer.push(i, payload, scratch);
-        scratch.clear();
+        // While a switch waits for a random access point, the old source stays on air.
+        let old_still_on = !on_air && self.rap_wait.is_some() && playing == Some(i);
+        if on_air || old_still_on {
+            self.splicer.push(i, payload, &mut self.out);
+        } else {
+            self.splicer.push(i, payload, &mut self.scratch);
+            self.scratch.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{HoldDownConfig, Role, Stage};
+    use crate::ts::psi::{build_pat, build_pmt, packetize};
+    use crate::ts::{ContinuityCounter, SYNC_BYTE};
+
+    const VIDEO: Pid = Pid(0x100);
+
+    /// PAT + PMT (program 1 on PID 0x1000, H.264 on 0x100) as TS packets.
+    fn psi() -> Bytes {
+        let mut v = Vec::new();
+        packetize(
+            &build_pat(1, 0, &[(1, Pid(0x1000))]),
+            Pid(0),
+            ContinuityCounter(0),
+            &mut v,
+        );
+        packetize(
+            &build_pmt(1, 0, VIDEO, &[(0x1b, VIDEO)]),
+            Pid(0x1000),
+            ContinuityCounter(0),
+            &mut v,
+        );
+        Bytes::from(v)
+    }
+
+    /// A video packet starting a PES, with an adaptation field (random_access_indicator when
+    /// `rap`), its payload filled with `mark` so the test can tell the sources apart.
+    fn video(cc: u8, rap: bool, mark: u8) -> Bytes {
+        let mut p = [mark; PACKET_LEN];
+        p[0] = SYNC_BYTE;
+        p[1] = 0x40 | (VIDEO.0 >> 8) as u8;
+        p[2] = VIDEO.0 as u8;
+        p[3] = 0x30 | (cc & 0x0f);
+        p[4] = 1;
+        p[5] = if rap { 0x40 } else { 0 };
+        p[6..9].copy_from_slice(&[0, 0, 1]);
+        Bytes::copy_from_slice(&p)
+    }
+
+    fn router(t0: Instant, on_rap: bool) -> Router {
+        Router {
+            switch: Switch::new(
+                t0,
+                SwitchConfig {
+                    roles: vec![Role::Preferred, Role::NonPreferred],
+                    offline_window: Duration::from_millis(500),
+                    auto_switch_to_preferred: false,
+                    clear_time: Duration::from_millis(100),
+                    holddown: HoldDownConfig {
+                        failures: 0,
+                        period: Duration::ZERO,
+                        hold: Duration::ZERO,
+                    },
+                    stage: Stage::Live,
+                },
+            ),
+            splicer: Splicer::new(),
+            out: Vec::new(),
+            scratch: Vec::new(),
+            switch_on_rap: on_rap,
+            rap_max_wait: Duration::from_millis(300),
+            rap_wait: None,
+        }
+    }
+
+    /// Marks of the video packets sent since the last call.
+    fn sent(r: &mut Router) -> Vec<u8> {
+        let v = r
+            .out
+            .iter()
+            .filter(|p| {
+                crate::ts::TsPacket::try_new(p).is_some_and(|t| t.pid() == VIDEO && t.has_payload())
+            })
+            .map(|p| p[187])
+            .collect();
+        r.out.clear();
+        v
+    }
+
+    /// Both sources on the air path, source 0 playing, then an operator lock to source 1.
+    fn playing_then_locked(t0: Instant, on_rap: bool) -> Router {
+        let mut r = router(t0, on_rap);
+        r.deliver(t0, 0, &psi());
+        r.deliver(t0, 1, &psi());
+        r.deliver(t0, 0, &video(0, true, 0xa0));
+        assert_eq!(sent(&mut r), vec![0xa0]);
+        r.deliver(t0, 1, &video(0, true, 0xb1));
+        assert_eq!(sent(&mut r), Vec::<u8>::new(), "source 1 is not on air yet");
+        r.switch.lock(t0, LegId(1));
+        r
+    }
+
+    #[test]
+    fn switch_on_rap_keeps_the_old_source_until_the_new_one_sends_a_keyframe() {
+        let t0 = crate::merge::sim::base();
+        let ms = Duration::from_millis;
+        let mut r = playing_then_locked(t0, true);
+        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(10), 0, &video(1, false, 0xa0));
+        assert_eq!(
+            sent(&mut r),
+            vec![0xa0],
+            "no keyframe on 1 yet: 0 stays on air"
+        );
+        r.deliver(t0 + ms(20), 1, &video(2, true, 0xb1));
+        r.deliver(t0 + ms(20), 0, &video(2, false, 0xa0));
+        assert_eq!(
+            sent(&mut r),
+            vec![0xb1],
+            "switched on 1's keyframe, 0 is off air"
+        );
+    }
+
+    #[test]
+    fn switch_on_rap_gives_up_waiting_after_rap_max_wait() {
+        let t0 = crate::merge::sim::base();
+        let ms = Duration::from_millis;
+        let mut r = playing_then_locked(t0, true);
+        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        assert!(sent(&mut r).is_empty());
+        r.deliver(t0 + ms(310), 1, &video(2, false, 0xb1));
+        assert_eq!(
+            sent(&mut r),
+            vec![0xb1],
+            "300 ms without a keyframe: switch anyway"
+        );
+    }
+
+    #[test]
+    fn without_switch_on_rap_the_switch_is_immediate() {
+        let t0 = crate::merge::sim::base();
+        let mut r = playing_then_locked(t0, false);
+        r.deliver(t0 + Duration::from_millis(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + Duration::from_millis(10), 0, &video(1, false, 0xa0));
+        assert_eq!(sent(&mut r), vec![0xb1]);
     }
 }

@@ -115,6 +115,12 @@ impl<'a> TsPacket<'a> {
     pub fn discontinuity(&self) -> bool {
         self.adaptation().is_some_and(|a| a[0] & 0x80 != 0)
     }
+    /// random_access_indicator: the next PES of this PID starts a random access point
+    /// (a keyframe for video), as muxers set it.
+    #[inline]
+    pub fn random_access(&self) -> bool {
+        self.adaptation().is_some_and(|a| a[0] & 0x40 != 0)
+    }
     /// Program clock reference in 27 MHz units, if this packet carries one.
     #[inline]
     pub fn pcr(&self) -> Option<u64> {
