@@ -87,7 +87,9 @@ pub(super) struct SwitchChannel {
     muted: bool,
     last_output: Option<Instant>,
     /// A switch happened and the first packet after it has not been sent yet.
-    switch_pending_since: Option<Instant>,
+    /// A switch (decided at, from, to, reason) whose first output packet is still to come:
+    /// its log line carries the output gap.
+    switch_pending: Option<(Instant, Option<LegId>, Option<LegId>, Reason)>,
     last_gap_ms: Option<f64>,
 }
 
@@ -179,7 +181,7 @@ impl SwitchChannel {
             },
             slate_buf: Vec::with_capacity(256),
             last_output: None,
-            switch_pending_since: None,
+            switch_pending: None,
             last_gap_ms: None,
         })
     }
@@ -371,12 +373,24 @@ impl SwitchChannel {
         if self.router.out.is_empty() {
             return;
         }
-        if let Some(since) = self.switch_pending_since.take() {
+        if let Some((since, from, to, reason)) = self.switch_pending.take() {
             let gap = self
                 .last_output
                 .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0);
             self.last_gap_ms = gap;
-            tracing::info!(channel = %self.cfg.name, gap_ms = gap.unwrap_or(0.0), decided_ms_ago = now.saturating_duration_since(since).as_secs_f64() * 1000.0, "first packet after switch");
+            let name = |i: Option<LegId>| {
+                i.and_then(|l| self.cfg.sources.get(l.0))
+                    .map_or("none", |s| s.name.as_str())
+            };
+            tracing::info!(
+                channel = %self.cfg.name,
+                from = name(from),
+                to = name(to),
+                reason = reason.label(),
+                gap_ms = gap.unwrap_or(0.0),
+                decided_ms_ago = now.saturating_duration_since(since).as_secs_f64() * 1000.0,
+                "first packet after switch"
+            );
         }
         for o in &mut self.outputs {
             o.send_ts(now, &self.router.out).await;
@@ -394,7 +408,7 @@ impl SwitchChannel {
             Event::Switched {
                 from, to, reason, ..
             } => {
-                self.switch_pending_since = Some(now);
+                self.switch_pending = Some((now, from, to, reason));
                 let quiet = self.muted && !matches!(reason, Reason::Manual | Reason::Stage);
                 if !quiet {
                     tracing::warn!(channel = %self.cfg.name, from = name(from), to = name(to), reason = reason.label(), "switched");
