@@ -26,7 +26,6 @@ http_listen = "{ip}:9000"
 name = "sw"
 mode = "switch"
 offline_window_ms = 200
-clear_time_ms = 400
 {extra}
 
   [[channel.source]]
@@ -116,7 +115,7 @@ fn ffmpeg_decodes(captured: &[Vec<u8>], dir: &Path) {
 fn offline_failover_switch_back_and_slate() {
     let ip = "127.0.2.1";
     let cap = capture_socket(format!("{ip}:6000").parse().unwrap());
-    let (dir, gw) = start(ip, "", "");
+    let (dir, gw) = start(ip, "clear_time_ms = 400", "");
     // The slate is on air until a live source sends.
     let ch = &gw.channels()[0];
     assert_eq!(ch["switch"]["active"], 2, "{ch}");
@@ -207,11 +206,12 @@ fn continuity_errors_trip_the_p1_rule() {
     let rules = r#"
   [[channel.rule]]
   condition = "p1-transport-errors"
-  sample_duration_s = 0.25
+  sample_duration_s = 0.5
   samples = 4
   threshold = 2
 "#;
-    let (_dir, gw) = start(ip, "", rules);
+    // a is on air 100 ms after it starts; its rule needs two 0.5 s windows to fail.
+    let (_dir, gw) = start(ip, "clear_time_ms = 100", rules);
     let mut b = spawn_send(&[
         testdata("mpeg2_mp2.ts").to_str().unwrap(),
         "--to",
@@ -259,12 +259,12 @@ fn low_bitrate_rule_and_operator_controls() {
     let rules = r#"
   [[channel.rule]]
   condition = "low-bitrate"
-  sample_duration_s = 0.25
+  sample_duration_s = 0.5
   samples = 2
   threshold = 2
   min_kbps = 1000
 "#;
-    let (_dir, gw) = start(ip, "", rules);
+    let (_dir, gw) = start(ip, "clear_time_ms = 100", rules);
     let mut b = spawn_send(&[
         testdata("mpeg2_mp2.ts").to_str().unwrap(),
         "--to",
