@@ -303,8 +303,12 @@ impl Merger {
             self.stats.late += 1;
             return Pushed::Late;
         }
-        if self.next_check.is_some_and(|t| now >= t) {
-            self.handle_timeout(now);
+        if self.gap_deadline.is_some_and(|t| now >= t) {
+            // A gap whose window has passed is given up here too, so output keeps moving even
+            // if the caller's timer is late. Legs are declared lost only by `handle_timeout`:
+            // the glue runs it once every readable socket has been drained, so after a stall a
+            // leg whose packets are still queued in the kernel is not taken for lost.
+            self.advance(now);
         }
         let st = &mut self.stats.legs[li];
         st.packets += 1;
@@ -969,10 +973,17 @@ mod tests {
         let mut m = Merger::new(cfg(2));
         m.push(t0, A, rtp(0, 0));
         m.push(t0, B, rtp(0, 0));
-        // B falls silent; A keeps going. B is declared lost after leg_timeout.
+        // B falls silent; A keeps going. B is declared lost after leg_timeout, when the
+        // caller's timer fires.
         for i in 1..=250u16 {
             m.push(t0 + ms(i as u64), A, rtp(i, 0));
         }
+        assert!(
+            events(&mut m).is_empty(),
+            "push alone never declares a leg lost"
+        );
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(200)));
+        m.handle_timeout(t0 + ms(250));
         assert_eq!(events(&mut m), vec![Event::LegLost { leg: B }]);
         assert!(m.stats().legs[1].lost);
         // A gap now is given up at once: nobody else could fill it.
@@ -990,6 +1001,28 @@ mod tests {
         assert_eq!(m.push(t0 + ms(253), B, rtp(253, 0)), Pushed::Forwarded);
         assert_eq!(events(&mut m), vec![Event::LegBack { leg: B }]);
         assert!(!m.stats().legs[1].lost);
+    }
+
+    #[test]
+    fn after_a_stall_a_leg_whose_packets_are_still_queued_is_not_lost() {
+        let t0 = base();
+        let mut m = Merger::new(cfg(2));
+        m.push(t0, A, rtp(0, 0));
+        m.push(t0, B, rtp(0, 0));
+        assert_eq!(drain(&mut m, t0), vec![0]);
+        // The receiver stalls for 300 ms (> leg_timeout). Then it reads A's queue first, with
+        // a hole at 2, and only then B's: B must still be waited for.
+        let late = t0 + ms(300);
+        for i in [1u16, 3, 4] {
+            m.push(late, A, rtp(i, 0));
+        }
+        assert_eq!(drain(&mut m, late), vec![1]);
+        assert!(!m.stats().legs[1].lost);
+        for i in 1..=4u16 {
+            m.push(late, B, rtp(i, 0));
+        }
+        assert_eq!(drain(&mut m, late), vec![2, 3, 4]);
+        assert_eq!(m.stats().unrecovered, 0);
     }
 
     #[test]
