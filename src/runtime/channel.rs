@@ -12,9 +12,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
-use super::{
-    ChannelSnapshot, Command, MergeSnapshot, OutputSnapshot, OutputTotals, SourceSnapshot,
-};
+use super::{ChannelSnapshot, Command, MergeSnapshot, SourceSnapshot};
 use crate::config::ChannelConfig;
 use crate::ingest::Leg;
 use crate::merge::LegId;
@@ -232,22 +230,7 @@ impl MergeChannel {
                 }
             })
             .collect();
-        let outputs: Vec<OutputSnapshot> = self
-            .outputs
-            .iter()
-            .map(|o| OutputSnapshot {
-                url: o.url.to_string(),
-                packets: o.stats.packets,
-                bytes: o.stats.bytes,
-                errors: o.stats.errors,
-            })
-            .collect();
-        let output = outputs.iter().fold(OutputTotals::default(), |mut t, o| {
-            t.packets += o.packets;
-            t.bytes += o.bytes;
-            t.errors += o.errors;
-            t
-        });
+        let (outputs, output) = super::output_snapshots(&self.outputs);
         ChannelSnapshot {
             name: self.cfg.name.clone(),
             mode: self.cfg.mode,

@@ -415,31 +415,67 @@ fn prepare(ch: &ChannelConfig) -> Result<channel::MergeChannel, RuntimeError> {
             mode: ch.mode,
         });
     }
-    let net = |source| RuntimeError::Net {
+    let legs = ch
+        .sources
+        .iter()
+        .map(|src| open_leg(ch, src))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = open_outputs(ch)?;
+    Ok(channel::MergeChannel::new(ch.clone(), legs, outputs))
+}
+
+/// Bind a source's socket, warning when the kernel grants less buffer than asked.
+fn open_leg(ch: &ChannelConfig, src: &crate::config::SourceConfig) -> Result<Leg, RuntimeError> {
+    let opened = Leg::open(src).map_err(|source| RuntimeError::Net {
         channel: ch.name.clone(),
         source,
-    };
-    let mut legs = Vec::new();
-    for src in &ch.sources {
-        let opened = Leg::open(src).map_err(net)?;
-        if opened.granted_recv_buffer < opened.requested_recv_buffer {
-            tracing::warn!(
-                channel = %ch.name,
-                source = %src.name,
-                requested = opened.requested_recv_buffer,
-                granted = opened.granted_recv_buffer,
-                "the kernel capped the receive buffer below recv_buffer_bytes: raise net.core.rmem_max (see deploy/99-hitless-sysctl.conf)"
-            );
-        }
-        tracing::info!(channel = %ch.name, source = %src.name, url = %src.url, local = %opened.leg.local, "listening");
-        legs.push(opened.leg);
+    })?;
+    if opened.granted_recv_buffer < opened.requested_recv_buffer {
+        tracing::warn!(
+            channel = %ch.name,
+            source = %src.name,
+            requested = opened.requested_recv_buffer,
+            granted = opened.granted_recv_buffer,
+            "the kernel capped the receive buffer below recv_buffer_bytes: raise net.core.rmem_max (see deploy/99-hitless-sysctl.conf)"
+        );
     }
-    let mut outputs = Vec::new();
-    for o in &ch.outputs {
-        outputs.push(Output::open(o).map_err(net)?);
-        tracing::info!(channel = %ch.name, url = %o.url, "output");
-    }
-    Ok(channel::MergeChannel::new(ch.clone(), legs, outputs))
+    tracing::info!(channel = %ch.name, source = %src.name, url = %src.url, local = %opened.leg.local, "listening");
+    Ok(opened.leg)
+}
+
+/// Open every output of a channel.
+fn open_outputs(ch: &ChannelConfig) -> Result<Vec<Output>, RuntimeError> {
+    ch.outputs
+        .iter()
+        .map(|o| {
+            let out = Output::open(o).map_err(|source| RuntimeError::Net {
+                channel: ch.name.clone(),
+                source,
+            })?;
+            tracing::info!(channel = %ch.name, url = %o.url, "output");
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Per-output counters and their sum, for a snapshot.
+fn output_snapshots(outputs: &[Output]) -> (Vec<OutputSnapshot>, OutputTotals) {
+    let list: Vec<OutputSnapshot> = outputs
+        .iter()
+        .map(|o| OutputSnapshot {
+            url: o.url.to_string(),
+            packets: o.stats.packets,
+            bytes: o.stats.bytes,
+            errors: o.stats.errors,
+        })
+        .collect();
+    let total = list.iter().fold(OutputTotals::default(), |mut t, o| {
+        t.packets += o.packets;
+        t.bytes += o.bytes;
+        t.errors += o.errors;
+        t
+    });
+    (list, total)
 }
 
 /// Merge buffer bound in packets: the window at the configured maximum bitrate, counted in

@@ -14,10 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
-use super::{
-    ChannelSnapshot, Command, MergeSnapshot, OutputSnapshot, OutputTotals, RuntimeError,
-    SourceSnapshot,
-};
+use super::{ChannelSnapshot, Command, MergeSnapshot, RuntimeError, SourceSnapshot};
 use crate::config::ChannelConfig;
 use crate::ingest::Leg;
 use crate::merge::LegId;
@@ -102,10 +99,6 @@ enum Wake {
 impl SwitchChannel {
     /// Bind every socket and load every slate (inside the channel's runtime).
     pub(super) fn open(cfg: &ChannelConfig) -> Result<SwitchChannel, RuntimeError> {
-        let net = |source| RuntimeError::Net {
-            channel: cfg.name.clone(),
-            source,
-        };
         let start = now();
         let mut sources = Vec::new();
         for src in &cfg.sources {
@@ -127,18 +120,7 @@ impl SwitchChannel {
                     bytes: 0,
                 }
             } else {
-                let opened = Leg::open(src).map_err(net)?;
-                if opened.granted_recv_buffer < opened.requested_recv_buffer {
-                    tracing::warn!(
-                        channel = %cfg.name,
-                        source = %src.name,
-                        requested = opened.requested_recv_buffer,
-                        granted = opened.granted_recv_buffer,
-                        "the kernel capped the receive buffer below recv_buffer_bytes: raise net.core.rmem_max (see deploy/99-hitless-sysctl.conf)"
-                    );
-                }
-                tracing::info!(channel = %cfg.name, source = %src.name, url = %src.url, local = %opened.leg.local, "listening");
-                Input::Net(opened.leg)
+                Input::Net(super::open_leg(cfg, src)?)
             };
             sources.push(Source {
                 input,
@@ -149,11 +131,7 @@ impl SwitchChannel {
                 rules: SourceRules::new(start, &cfg.rules),
             });
         }
-        let mut outputs = Vec::new();
-        for o in &cfg.outputs {
-            outputs.push(Output::open(o).map_err(net)?);
-            tracing::info!(channel = %cfg.name, url = %o.url, "output");
-        }
+        let outputs = super::open_outputs(cfg)?;
         let switch = Switch::new(
             start,
             SwitchConfig {
@@ -485,22 +463,7 @@ impl SwitchChannel {
                 }
             })
             .collect();
-        let outputs: Vec<OutputSnapshot> = self
-            .outputs
-            .iter()
-            .map(|o| OutputSnapshot {
-                url: o.url.to_string(),
-                packets: o.stats.packets,
-                bytes: o.stats.bytes,
-                errors: o.stats.errors,
-            })
-            .collect();
-        let output = outputs.iter().fold(OutputTotals::default(), |mut t, o| {
-            t.packets += o.packets;
-            t.bytes += o.bytes;
-            t.errors += o.errors;
-            t
-        });
+        let (outputs, output) = super::output_snapshots(&self.outputs);
         let stats = self.router.switch.stats();
         let failovers = (0..Reason::COUNT)
             .filter_map(|k| Reason::from_index(k).map(|r| (r.label(), stats.switches[k])))
