@@ -31,7 +31,6 @@
 //!     window (zero bytes is low bitrate, consistent with the on-time case), and a source that
 //!     kept sending is not flagged just because the glue was late.
 
-pub mod psi;
 pub mod sampler;
 pub mod tr101290;
 

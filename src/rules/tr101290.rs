@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::psi::{self, SectionAsm};
+use crate::ts::psi::{PayloadAssembler, Section, SectionError, TABLE_PAT, TABLE_PMT};
 use crate::ts::{NULL_PID, PACKET_LEN, Pid, SYNC_BYTE, TsPacket};
 
 /// PID of the program association table.
@@ -183,7 +183,7 @@ struct Program {
     streams: Vec<(u8, Pid)>,
     /// Section reassembly for this PMT PID (None while in use, or on a PID shared with an
     /// earlier program).
-    asm: Option<Box<SectionAsm>>,
+    asm: Option<Box<PayloadAssembler>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -266,7 +266,7 @@ pub struct Tr101290 {
     good_run: u8,
     bad_run: u8,
     started: bool,
-    pat_asm: Option<Box<SectionAsm>>,
+    pat_asm: Option<Box<PayloadAssembler>>,
     pat_due: Option<Instant>,
     pat_version: Option<u8>,
     /// CRC of each current PAT section (by section_number) to skip unchanged ones.
@@ -297,7 +297,7 @@ impl Tr101290 {
             good_run: 0,
             bad_run: 0,
             started: false,
-            pat_asm: Some(Box::new(SectionAsm::new())),
+            pat_asm: Some(Box::new(PayloadAssembler::new())),
             pat_due: None,
             pat_version: None,
             pat_crc: Box::new([None; 256]),
@@ -509,49 +509,45 @@ impl Tr101290 {
     }
 
     fn on_pat_section(&mut self, now: Instant, s: &[u8]) {
-        if s.first() != Some(&psi::TABLE_PAT) {
+        if s.first() != Some(&TABLE_PAT) {
             // 1.3.a: a section with table_id other than 0x00 on PID 0.
             self.tally
                 .raise(&mut self.pids, Indicator::PatError, Some(PAT_PID), now, 1);
             return;
         }
-        if !psi::crc_ok(s) {
-            self.crc_errors += 1;
-            return;
-        }
-        let Some(h) = psi::header(s) else {
+        let Some(h) = self.checked(s) else {
             return;
         };
         self.pat_due = Some(due_after(now, self.cfg.pat_period));
-        if !h.current_next {
+        if !h.current_next() {
             return;
         }
-        let crc = psi::crc_field(s);
-        let sec = usize::from(h.section_number);
-        if self.pat_version == Some(h.version) && self.pat_crc[sec] == Some(crc) {
+        let (version, section_number) = (h.version(), h.section_number());
+        let crc = h.crc();
+        let sec = usize::from(section_number);
+        if self.pat_version == Some(version) && self.pat_crc[sec] == Some(crc) {
             return;
         }
-        if self.pat_version != Some(h.version) {
+        if self.pat_version != Some(version) {
             // A new version replaces every section of the old one.
             self.pat_crc.fill(None);
-            self.programs.retain(|g| g.pat_section == h.section_number);
-            self.pat_version = Some(h.version);
+            self.programs.retain(|g| g.pat_section == section_number);
+            self.pat_version = Some(version);
         }
         self.pat_crc[sec] = Some(crc);
         let mut old: Vec<Program> = Vec::new();
         let mut i = 0;
         while i < self.programs.len() {
-            if self.programs[i].pat_section == h.section_number {
+            if self.programs[i].pat_section == section_number {
                 old.push(self.programs.swap_remove(i));
             } else {
                 i += 1;
             }
         }
-        for (number, pmt_pid) in psi::pat_programs(s) {
+        for (number, pmt_pid) in h.pat_entries() {
             if number == 0 {
                 continue; // network_PID
             }
-            let pmt_pid = Pid(pmt_pid);
             if self
                 .programs
                 .iter()
@@ -569,7 +565,7 @@ impl Tr101290 {
             self.programs.push(Program {
                 number,
                 pmt_pid,
-                pat_section: h.section_number,
+                pat_section: section_number,
                 pmt_due: due_after(now, self.cfg.pmt_period),
                 pmt_crc: None,
                 pcr_pid: None,
@@ -585,42 +581,51 @@ impl Tr101290 {
             if !first {
                 g.asm = None;
             } else if g.asm.is_none() {
-                g.asm = Some(Box::new(SectionAsm::new()));
+                g.asm = Some(Box::new(PayloadAssembler::new()));
             }
         }
         self.update_references(now);
     }
 
+    /// A whole PAT / PMT section with a valid CRC_32; a mismatch is counted (2.2) and the
+    /// section is not present.
+    fn checked<'s>(&mut self, s: &'s [u8]) -> Option<Section<'s>> {
+        match Section::parse(s) {
+            Ok(h) => Some(h),
+            Err(SectionError::Crc) => {
+                self.crc_errors += 1;
+                None
+            }
+            Err(SectionError::Malformed) => None,
+        }
+    }
+
     fn on_pmt_section(&mut self, now: Instant, pid: Pid, s: &[u8]) {
-        if s.first() != Some(&psi::TABLE_PMT) {
+        if s.first() != Some(&TABLE_PMT) {
             return; // other private sections may share the PID
         }
-        if !psi::crc_ok(s) {
-            self.crc_errors += 1;
-            return;
-        }
-        let Some(h) = psi::header(s) else {
+        let Some(h) = self.checked(s) else {
             return;
         };
         let Some(g) = self
             .programs
             .iter_mut()
-            .find(|g| g.pmt_pid == pid && g.number == h.table_id_extension)
+            .find(|g| g.pmt_pid == pid && g.number == h.table_id_extension())
         else {
             return;
         };
         g.pmt_due = due_after(now, self.cfg.pmt_period);
-        let crc = psi::crc_field(s);
-        if !h.current_next || g.pmt_crc == Some(crc) {
+        let crc = h.crc();
+        if !h.current_next() || g.pmt_crc == Some(crc) {
             return;
         }
-        let Some((pcr_pid, streams)) = psi::pmt_streams(s) else {
+        let (Some(pcr_pid), Some(streams)) = (h.pmt_pcr_pid(), h.pmt_streams()) else {
             return;
         };
         g.pmt_crc = Some(crc);
-        g.pcr_pid = Some(Pid(pcr_pid)).filter(|p| *p != NULL_PID);
+        g.pcr_pid = Some(pcr_pid).filter(|p| *p != NULL_PID);
         g.streams.clear();
-        g.streams.extend(streams.map(|(t, p)| (t, Pid(p))));
+        g.streams.extend(streams);
         self.update_references(now);
     }
 
@@ -877,8 +882,8 @@ pub struct P1Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::psi::tests::{pat, pmt};
     use crate::tools::pace;
+    use crate::ts::psi::{build_pat, build_pmt};
     use proptest::prelude::*;
 
     /// The one real clock reading of these tests: every other time is `base() + Duration`.
@@ -1247,16 +1252,29 @@ mod tests {
         let mut a = Tr101290::new(P1Config::default());
         let mut t = t0;
         for k in 0..5u8 {
-            a.push(t, &psi_packet(0, k, &pat(&[(0, 0x10), (1, 0x20)], 0)));
-            a.push(t, &psi_packet(0x20, k, &pmt(0x31, &[(0x1b, 0x31)], 0)));
+            a.push(
+                t,
+                &psi_packet(0, k, &build_pat(1, 0, &[(0, Pid(0x10)), (1, Pid(0x20))])),
+            );
+            a.push(
+                t,
+                &psi_packet(0x20, k, &build_pmt(1, 0, Pid(0x31), &[(0x1b, Pid(0x31))])),
+            );
             a.push(t, &crate::ts::tests::ts(0x31, k));
             t += 100 * MS;
         }
         assert_eq!(a.report().pmt_pids, vec![0x20]);
         // New PAT version moves the program's PMT to 0x21, which then references 0x32.
         for k in 5..12u8 {
-            a.push(t, &psi_packet(0, k, &pat(&[(1, 0x21)], 1)));
-            a.push(t, &psi_packet(0x21, k - 5, &pmt(0x32, &[(0x1b, 0x32)], 3)));
+            a.push(t, &psi_packet(0, k, &build_pat(1, 1, &[(1, Pid(0x21))])));
+            a.push(
+                t,
+                &psi_packet(
+                    0x21,
+                    k - 5,
+                    &build_pmt(1, 3, Pid(0x32), &[(0x1b, Pid(0x32))]),
+                ),
+            );
             a.push(t, &crate::ts::tests::ts(0x32, k));
             t += 100 * MS;
         }
@@ -1301,8 +1319,8 @@ mod tests {
             let mut a = Tr101290::new(P1Config::default());
             let mut t = t0;
             // A valid PAT / PMT first so that the PSI paths see the garbage too.
-            a.push(t, &psi_packet(0, 0, &pat(&[(1, 0x20)], 0)));
-            a.push(t, &psi_packet(0x20, 0, &pmt(0x100, &[(0x1b, 0x100)], 0)));
+            a.push(t, &psi_packet(0, 0, &build_pat(1, 0, &[(1, Pid(0x20))])));
+            a.push(t, &psi_packet(0x20, 0, &build_pmt(1, 0, Pid(0x100), &[(0x1b, Pid(0x100))])));
             for (i, (sync, pid_sel, mut p)) in pkts.into_iter().enumerate() {
                 if sync {
                     p[0] = SYNC_BYTE;

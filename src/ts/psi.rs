@@ -1,9 +1,18 @@
 //! PSI sections (ISO/IEC 13818-1 2.4.4): reassembly from TS packets, CRC_32, PAT/PMT
-//! fields, version rewriting and re-packetization.
+//! fields, version rewriting and re-packetization. The one PSI module of the crate.
 //!
-//! Used by the splicer ([`super::splice`]) to cache each source's PAT/PMT and to emit them
-//! with a rewritten `version_number`. Sections are kept as owned byte vectors (PSI is a few
-//! packets per second, so copying it is cheap); buffers are reused.
+//! - [`PayloadAssembler`] rebuilds the sections of one PID from its payloads, honouring
+//!   `pointer_field` (2.4.4.2), into a fixed buffer, and reports every complete section
+//!   whatever its CRC. The caller judges continuity. The TR 101 290 analyser
+//!   ([`crate::rules::tr101290`]) uses it directly, so that it can count CRC_32 mismatches
+//!   (indicator 2.2) apart from absent tables.
+//! - [`SectionAssembler`] wraps it for a consumer that wants CRC-valid sections only and
+//!   leaves continuity to the assembler (the splicer, [`super::splice`], which caches each
+//!   source's PAT/PMT and emits them with a rewritten `version_number`).
+//! - [`Section`] is a zero-copy view of one long-form section: [`Section::parse`] tells a
+//!   bad CRC apart from a malformed section.
+//!
+//! No allocation in reassembly after construction; no panics on any input.
 
 use super::{ContinuityCounter, PACKET_LEN, Pid, SYNC_BYTE, TsPacket};
 
@@ -11,31 +20,24 @@ use super::{ContinuityCounter, PACKET_LEN, Pid, SYNC_BYTE, TsPacket};
 pub const TABLE_PAT: u8 = 0x00;
 /// table_id of a TS_program_map_section.
 pub const TABLE_PMT: u8 = 0x02;
-/// Largest PSI section (3-byte header + 1021 bytes) for PAT/PMT (2.4.4.4, 2.4.4.9).
+/// Largest PAT / PMT section: 3-byte header + section_length ≤ 1021 (2.4.4.4, 2.4.4.9).
 pub const MAX_SECTION_LEN: usize = 1024;
 
 /// CRC-32/MPEG-2 (polynomial 0x04C11DB7, init 0xFFFFFFFF, no reflection, no final xor),
 /// the CRC_32 of Annex A. Over a whole section including its CRC it yields 0.
+#[inline]
 pub fn crc32_mpeg2(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = (i as u32) << 24;
-            for _ in 0..8 {
-                c = if c & 0x8000_0000 != 0 {
-                    (c << 1) ^ 0x04c1_1db7
-                } else {
-                    c << 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    data.iter().fold(0xffff_ffff, |crc, &b| {
-        (crc << 8) ^ table[((crc >> 24) as u8 ^ b) as usize]
-    })
+    mpeg2ts_reader::mpegts_crc::sum32(data)
+}
+
+/// Why [`Section::parse`] refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionError {
+    /// Not one whole long-form section: length disagrees with section_length, shorter than
+    /// header + CRC, or section_syntax_indicator is 0.
+    Malformed,
+    /// CRC_32 mismatch (TR 101 290 indicator 2.2).
+    Crc,
 }
 
 /// Borrowed view of one complete long-form section (section_syntax_indicator = 1).
@@ -44,11 +46,24 @@ pub struct Section<'a>(&'a [u8]);
 
 impl<'a> Section<'a> {
     /// `buf` must be exactly one section (3 + section_length bytes) with a valid CRC_32.
+    #[inline]
     pub fn try_new(buf: &'a [u8]) -> Option<Section<'a>> {
-        if buf.len() < 12 || buf[1] & 0x80 == 0 || section_len(buf) != Some(buf.len()) {
-            return None;
+        Section::parse(buf).ok()
+    }
+    /// Like [`Section::try_new`], telling a CRC mismatch apart. The CRC is checked before
+    /// the long-form header, so that any whole section with a bad CRC counts as
+    /// [`SectionError::Crc`].
+    pub fn parse(buf: &'a [u8]) -> Result<Section<'a>, SectionError> {
+        if section_len(buf) != Some(buf.len()) {
+            return Err(SectionError::Malformed);
         }
-        (crc32_mpeg2(buf) == 0).then_some(Section(buf))
+        if crc32_mpeg2(buf) != 0 {
+            return Err(SectionError::Crc);
+        }
+        if buf.len() < 12 || buf[1] & 0x80 == 0 {
+            return Err(SectionError::Malformed);
+        }
+        Ok(Section(buf))
     }
     #[inline]
     pub fn table_id(&self) -> u8 {
@@ -84,8 +99,14 @@ impl<'a> Section<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         self.0
     }
+    /// The CRC_32 field (a cheap fingerprint to tell a changed table).
+    #[inline]
+    pub fn crc(&self) -> u32 {
+        let n = self.0.len() - 4;
+        u32::from_be_bytes([self.0[n], self.0[n + 1], self.0[n + 2], self.0[n + 3]])
+    }
     /// PAT entries `(program_number, PID)`; program 0 is the network PID.
-    pub fn pat_entries(&self) -> impl Iterator<Item = (u16, Pid)> + 'a {
+    pub fn pat_entries(&self) -> impl Iterator<Item = (u16, Pid)> + use<'a> {
         self.body().chunks_exact(4).map(|e| {
             (
                 u16::from_be_bytes([e[0], e[1]]),
@@ -98,21 +119,20 @@ impl<'a> Section<'a> {
         let b = self.body();
         (b.len() >= 4).then(|| Pid(u16::from_be_bytes([b[0] & 0x1f, b[1]])))
     }
-    /// PMT elementary streams `(stream_type, elementary_PID)`.
-    pub fn pmt_streams(&self) -> Vec<(u8, Pid)> {
+    /// PMT elementary streams `(stream_type, elementary_PID)`; `None` when the body is too
+    /// short for PCR_PID or program_info_length runs past it.
+    pub fn pmt_streams(&self) -> Option<impl Iterator<Item = (u8, Pid)> + use<'a>> {
         let b = self.body();
-        let mut out = Vec::new();
-        if b.len() < 4 {
-            return out;
-        }
-        let info_len = usize::from(u16::from_be_bytes([b[2] & 0x0f, b[3]]));
+        let info_len = usize::from(u16::from_be_bytes([*b.get(2)? & 0x0f, *b.get(3)?]));
         let mut i = 4 + info_len;
-        while i + 5 <= b.len() {
-            let es_info = usize::from(u16::from_be_bytes([b[i + 3] & 0x0f, b[i + 4]]));
-            out.push((b[i], Pid(u16::from_be_bytes([b[i + 1] & 0x1f, b[i + 2]]))));
-            i += 5 + es_info;
+        if i > b.len() {
+            return None;
         }
-        out
+        Some(std::iter::from_fn(move || {
+            let e = b.get(i..i + 5)?;
+            i += 5 + usize::from(u16::from_be_bytes([e[3] & 0x0f, e[4]]));
+            Some((e[0], Pid(u16::from_be_bytes([e[1] & 0x1f, e[2]]))))
+        }))
     }
     /// True when both sections carry the same table apart from version_number and CRC_32
     /// (a decoder needs a new version exactly when this is false).
@@ -132,7 +152,7 @@ fn section_len(buf: &[u8]) -> Option<usize> {
         return None;
     }
     let len = 3 + usize::from(u16::from_be_bytes([buf[1] & 0x0f, buf[2]]));
-    (len <= MAX_SECTION_LEN + 3).then_some(len)
+    (len <= MAX_SECTION_LEN).then_some(len)
 }
 
 /// Set version_number of a complete long-form section in place and recompute its CRC_32.
@@ -178,14 +198,132 @@ pub fn packetize(
     }
 }
 
-/// Reassembles sections of one PID from its TS packets (2.4.4.2: pointer_field on
-/// payload_unit_start). A lost packet (continuity error) drops the section in progress;
-/// a duplicate packet is ignored. Sections with a bad CRC are dropped.
+/// Reassembles the PSI sections carried on one PID from its packets' payloads (2.4.4.2):
+/// several sections may start in one packet (after `pointer_field`), a section may span
+/// packets, `0xFF` stuffing ends the sections of a packet, and a new section starts only in
+/// a packet with payload_unit_start_indicator set. The caller judges continuity and calls
+/// [`PayloadAssembler::reset`] on a loss, because the partial section's bytes are no longer
+/// known. Fixed buffer: no allocation after construction.
+#[derive(Debug)]
+pub struct PayloadAssembler {
+    buf: Box<[u8; MAX_SECTION_LEN]>,
+    len: usize,
+    /// Whole length of the section being gathered, once its 3-byte header is in.
+    need: Option<usize>,
+    /// A section is being gathered (its start was seen and nothing was lost since).
+    active: bool,
+    /// Sections whose section_length is larger than a PAT / PMT allows.
+    pub oversize: u64,
+    /// Packets whose pointer_field points past the payload.
+    pub bad_pointer: u64,
+}
+
+impl Default for PayloadAssembler {
+    fn default() -> Self {
+        PayloadAssembler::new()
+    }
+}
+
+impl PayloadAssembler {
+    pub fn new() -> PayloadAssembler {
+        PayloadAssembler {
+            buf: Box::new([0; MAX_SECTION_LEN]),
+            len: 0,
+            need: None,
+            active: false,
+            oversize: 0,
+            bad_pointer: 0,
+        }
+    }
+
+    /// Forget a partial section (continuity lost, or the stream was re-synchronised).
+    pub fn reset(&mut self) {
+        self.active = false;
+        self.len = 0;
+        self.need = None;
+    }
+
+    /// Feed the payload of one packet of this PID (after the adaptation field) and call
+    /// `on_section` with every whole section it completes, in order: exactly
+    /// 3 + section_length bytes, CRC not checked (see [`Section::parse`]).
+    pub fn push(&mut self, pusi: bool, payload: &[u8], mut on_section: impl FnMut(&[u8])) {
+        if !pusi {
+            if self.active {
+                self.append(payload, &mut on_section);
+            }
+            // A new section only starts in a packet with payload_unit_start_indicator set;
+            // whatever follows the end of a section here is stuffing.
+            return;
+        }
+        let Some((&pointer, rest)) = payload.split_first() else {
+            self.reset();
+            return;
+        };
+        let pointer = usize::from(pointer);
+        if pointer > rest.len() {
+            self.bad_pointer += 1;
+            self.reset();
+            return;
+        }
+        let (tail, mut rest) = rest.split_at(pointer);
+        if self.active {
+            self.append(tail, &mut on_section);
+        }
+        // Whatever was not completed by the bytes before the pointer is lost.
+        self.reset();
+        while let Some(&first) = rest.first() {
+            if first == 0xff {
+                break;
+            }
+            self.active = true;
+            let used = self.append(rest, &mut on_section);
+            if self.active {
+                // The section continues in the next packet.
+                break;
+            }
+            rest = rest.get(used..).unwrap_or(&[]);
+        }
+    }
+
+    /// Append bytes to the active section; emit it if complete. Returns the bytes consumed.
+    fn append(&mut self, data: &[u8], on_section: &mut impl FnMut(&[u8])) -> usize {
+        let mut used = 0;
+        // Header first (3 bytes), to learn the section's length.
+        if self.need.is_none() {
+            let take = (3 - self.len.min(3)).min(data.len());
+            self.buf[self.len..self.len + take].copy_from_slice(&data[..take]);
+            self.len += take;
+            used = take;
+            if self.len < 3 {
+                return used;
+            }
+            let Some(need) = section_len(&self.buf[..3]) else {
+                self.oversize += 1;
+                self.reset();
+                // Drop the rest of this packet: we cannot tell where the next section starts.
+                return data.len();
+            };
+            self.need = Some(need);
+        }
+        let need = self.need.unwrap_or(MAX_SECTION_LEN);
+        let take = (need - self.len).min(data.len() - used);
+        self.buf[self.len..self.len + take].copy_from_slice(&data[used..used + take]);
+        self.len += take;
+        used += take;
+        if self.len == need {
+            on_section(&self.buf[..need]);
+            self.reset();
+        }
+        used
+    }
+}
+
+/// Reassembles sections of one PID from its TS packets, judging continuity itself: a lost
+/// packet (continuity error) drops the section in progress; a duplicate packet is ignored.
+/// Only CRC-valid long-form sections are reported.
 #[derive(Debug, Default)]
 pub struct SectionAssembler {
-    buf: Vec<u8>,
-    /// A section is in progress in `buf`.
-    active: bool,
+    asm: PayloadAssembler,
     last_cc: Option<ContinuityCounter>,
 }
 
@@ -199,67 +337,20 @@ impl SectionAssembler {
         let cc = p.cc();
         match self.last_cc {
             Some(last) if last == cc && !p.discontinuity() => return,
-            Some(last) if last.next() != cc && !p.discontinuity() => self.reset(),
+            Some(last) if last.next() != cc && !p.discontinuity() => self.asm.reset(),
             _ => {}
         }
         self.last_cc = Some(cc);
-        let payload = p.payload();
-        let mut data = payload;
-        if p.payload_unit_start() {
-            let Some((&ptr, rest)) = payload.split_first() else {
-                return self.reset();
-            };
-            let ptr = usize::from(ptr);
-            if ptr > rest.len() {
-                return self.reset();
+        self.asm.push(p.payload_unit_start(), p.payload(), |s| {
+            if let Ok(s) = Section::parse(s) {
+                on_section(s);
             }
-            if self.active {
-                self.buf.extend_from_slice(&rest[..ptr]);
-                self.finish(&mut on_section);
-            }
-            self.reset();
-            self.active = true;
-            data = &rest[ptr..];
-        } else if !self.active {
-            return;
-        }
-        // One or more sections may start here; 0xFF as table_id is stuffing to the end.
-        for &b in data {
-            if !self.active {
-                if b == 0xff {
-                    break;
-                }
-                self.active = true;
-            }
-            self.buf.push(b);
-            if section_len(&self.buf).is_some_and(|n| n == self.buf.len()) {
-                self.finish(&mut on_section);
-            } else if self.buf.len() >= 3 && section_len(&self.buf).is_none() {
-                self.reset();
-                break;
-            }
-        }
+        });
     }
 
     /// Continuity counter of the last packet accepted.
     pub fn last_cc(&self) -> Option<ContinuityCounter> {
         self.last_cc
-    }
-
-    fn finish(&mut self, on_section: &mut impl FnMut(Section<'_>)) {
-        if let Some(s) = section_len(&self.buf)
-            .filter(|&n| n <= self.buf.len())
-            .and_then(|n| Section::try_new(&self.buf[..n]))
-        {
-            on_section(s);
-        }
-        self.buf.clear();
-        self.active = false;
-    }
-
-    fn reset(&mut self) {
-        self.buf.clear();
-        self.active = false;
     }
 }
 
@@ -331,7 +422,7 @@ mod tests {
         assert!(a.same_content(&b));
         assert_eq!(b.pmt_pcr_pid(), Some(Pid(0x100)));
         assert_eq!(
-            b.pmt_streams(),
+            b.pmt_streams().unwrap().collect::<Vec<_>>(),
             vec![(0x1b, Pid(0x100)), (0x0f, Pid(0x101))]
         );
         let other = build_pmt(1, 0, Pid(0x100), &[(0x02, Pid(0x100)), (0x0f, Pid(0x101))]);
@@ -382,5 +473,115 @@ mod tests {
         let mut n = 0;
         SectionAssembler::default().push(&TsPacket::try_new(&p).unwrap(), |_| n += 1);
         assert_eq!(n, 2);
+    }
+
+    /// A PAT section (transport_stream_id 1) from `(program_number, pmt_pid)`.
+    fn pat(programs: &[(u16, u16)], version: u8) -> Vec<u8> {
+        let programs: Vec<(u16, Pid)> = programs.iter().map(|&(n, p)| (n, Pid(p))).collect();
+        build_pat(1, version, &programs)
+    }
+
+    /// A PMT section for program 1 with `(stream_type, pid)` streams.
+    fn pmt(pcr_pid: u16, streams: &[(u8, u16)], version: u8) -> Vec<u8> {
+        let streams: Vec<(u8, Pid)> = streams.iter().map(|&(t, p)| (t, Pid(p))).collect();
+        build_pmt(1, version, Pid(pcr_pid), &streams)
+    }
+
+    fn collect(asm: &mut PayloadAssembler, pusi: bool, payload: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        asm.push(pusi, payload, |s| out.push(s.to_vec()));
+        out
+    }
+
+    #[test]
+    fn parse_fields_and_tell_a_bad_crc() {
+        let s = pat(&[(0, 0x10), (1, 0x1000)], 3);
+        let h = Section::parse(&s).unwrap();
+        assert_eq!((h.table_id(), h.version(), h.current_next()), (0, 3, true));
+        assert_eq!(
+            h.pat_entries().collect::<Vec<_>>(),
+            vec![(0, Pid(0x10)), (1, Pid(0x1000))]
+        );
+        assert_eq!(
+            h.crc(),
+            u32::from_be_bytes(s[s.len() - 4..].try_into().unwrap())
+        );
+        let m = pmt(0x100, &[(0x1b, 0x100), (0x0f, 0x101)], 0);
+        let m_s = Section::parse(&m).unwrap();
+        assert_eq!(m_s.pmt_pcr_pid(), Some(Pid(0x100)));
+        assert_eq!(
+            m_s.pmt_streams().unwrap().collect::<Vec<_>>(),
+            vec![(0x1b, Pid(0x100)), (0x0f, Pid(0x101))]
+        );
+        let mut bad = m.clone();
+        bad[13] ^= 1;
+        assert_eq!(Section::parse(&bad).unwrap_err(), SectionError::Crc);
+        assert!(Section::try_new(&bad).is_none());
+        // program_info_length past the body: no streams.
+        let mut long_info = m.clone();
+        long_info[10] = 0xf3;
+        set_version(&mut long_info, 0);
+        assert!(Section::parse(&long_info).unwrap().pmt_streams().is_none());
+        assert_eq!(
+            Section::parse(&m[..m.len() - 1]).unwrap_err(),
+            SectionError::Malformed
+        );
+    }
+
+    #[test]
+    fn reassembles_across_packets_with_pointer_field() {
+        let m = pmt(
+            0x100,
+            &(0..60).map(|i| (0x06, 0x200 + i)).collect::<Vec<_>>(),
+            1,
+        );
+        assert!(m.len() > 184);
+        let mut asm = PayloadAssembler::new();
+        // Packet 1: pointer 0, the first 183 bytes.
+        let mut p1 = vec![0u8];
+        p1.extend_from_slice(&m[..183]);
+        assert!(collect(&mut asm, true, &p1).is_empty());
+        // Packet 2: the rest of the section, then a new PAT starting after the pointer.
+        let rest = &m[183..];
+        let pat_s = pat(&[(1, 0x1000)], 0);
+        let mut p2 = vec![rest.len() as u8];
+        p2.extend_from_slice(rest);
+        p2.extend_from_slice(&pat_s);
+        p2.extend_from_slice(&pat_s);
+        p2.resize(184, 0xff);
+        let got = collect(&mut asm, true, &p2);
+        assert_eq!(got, vec![m.clone(), pat_s.clone(), pat_s.clone()]);
+        // A section continued without its start is ignored; a bad pointer is counted.
+        let mut fresh = PayloadAssembler::new();
+        assert!(collect(&mut fresh, false, &m[..100]).is_empty());
+        assert!(collect(&mut fresh, true, &[200, 1, 2]).is_empty());
+        assert_eq!(fresh.bad_pointer, 1);
+        // A reset (continuity lost) drops the partial section.
+        assert!(collect(&mut asm, true, &p1).is_empty());
+        asm.reset();
+        assert!(collect(&mut asm, false, &m[183..]).is_empty());
+    }
+
+    #[test]
+    fn header_split_across_packets() {
+        let s = pat(&[(1, 0x1000)], 0);
+        let mut asm = PayloadAssembler::new();
+        // A section starting 2 bytes before the end of the packet: its header completes
+        // in the next one.
+        let mut p1 = vec![0u8; 184];
+        p1[0] = 181; // pointer: skip 181 bytes (tail of an unknown section)
+        p1[182..184].copy_from_slice(&s[..2]);
+        assert!(collect(&mut asm, true, &p1).is_empty());
+        assert_eq!(collect(&mut asm, false, &s[2..]), vec![s.clone()]);
+    }
+
+    #[test]
+    fn oversize_section_is_dropped_and_counted() {
+        // section_length 1022: one more than a PAT / PMT may have.
+        let mut p = vec![0u8, TABLE_PMT, 0xb3, 0xfe];
+        p.resize(184, 0);
+        let mut asm = PayloadAssembler::new();
+        assert!(collect(&mut asm, true, &p).is_empty());
+        assert_eq!(asm.oversize, 1);
     }
 }

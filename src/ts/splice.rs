@@ -705,7 +705,8 @@ mod tests {
             assert_eq!(view(seg[1]).pid().0, srcs[active].pmt_pid);
             assert!(
                 Section::try_new(&view(seg[1]).payload()[1..][..srcs[active].pmt.len()])
-                    .is_some_and(|x| x.pmt_streams().len() == 2)
+                    .and_then(|x| x.pmt_streams())
+                    .is_some_and(|s| s.count() == 2)
             );
             let mut first_seen = HashSet::new();
             let mut pat_versions = HashSet::new();
