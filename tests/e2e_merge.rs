@@ -93,6 +93,7 @@ fn assert_capture_matches(
 
 #[test]
 fn merge_recovers_independent_loss_skew_and_outage() {
+    let _serial = serial();
     let ip = "127.0.1.1";
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), ip, 1000);
@@ -189,6 +190,7 @@ fn merge_recovers_independent_loss_skew_and_outage() {
 /// stream: the output is exactly the input and every drop is counted by its reason.
 #[test]
 fn malformed_burst_changes_nothing_in_the_output() {
+    let _serial = serial();
     let ip = "127.0.1.2";
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), ip, 200);
@@ -281,6 +283,7 @@ fn malformed_burst_changes_nothing_in_the_output() {
 
 #[test]
 fn check_config_accepts_valid_and_names_line_of_invalid() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(dir.path(), "127.0.1.3", 1000);
     let out = Command::new(bin())

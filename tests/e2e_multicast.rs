@@ -22,6 +22,7 @@ fn join(group: &str, port: u16) -> UdpSocket {
 
 #[test]
 fn multicast_legs_in_multicast_out() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mc.toml");
     std::fs::write(
@@ -98,6 +99,7 @@ mode = "smpte-2022-7"
 
 #[test]
 fn datagrams_from_another_sender_are_dropped_and_counted() {
+    let _serial = serial();
     let ip = "127.0.3.2";
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("f.toml");

@@ -113,6 +113,7 @@ fn ffmpeg_decodes(captured: &[Vec<u8>], dir: &Path) {
 
 #[test]
 fn offline_failover_switch_back_and_slate() {
+    let _serial = serial();
     let ip = "127.0.2.1";
     let cap = capture_socket(format!("{ip}:6000").parse().unwrap());
     let (dir, gw) = start(ip, "clear_time_ms = 400", "");
@@ -202,6 +203,7 @@ fn offline_failover_switch_back_and_slate() {
 
 #[test]
 fn continuity_errors_trip_the_p1_rule() {
+    let _serial = serial();
     let ip = "127.0.2.2";
     let rules = r#"
   [[channel.rule]]
@@ -255,6 +257,7 @@ fn continuity_errors_trip_the_p1_rule() {
 
 #[test]
 fn low_bitrate_rule_and_operator_controls() {
+    let _serial = serial();
     let ip = "127.0.2.3";
     let rules = r#"
   [[channel.rule]]

@@ -257,3 +257,11 @@ pub fn capture_until(s: &UdpSocket, idle: Duration, stop: impl Fn() -> bool) -> 
     }
     out
 }
+
+/// Tests that run a gateway and real-time senders take this lock, so that within one test
+/// binary they run one at a time: on a 2-core machine, timing assertions (a failover gap,
+/// a leg timeout) must not compete with another test's senders for the CPU.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
