@@ -410,11 +410,11 @@ impl Validator<'_> {
                 ch.rap_max_wait_ms.as_ref().map(|v| v.span()),
             ),
         ] {
-            if let (Some(span), true) = (key.1, mode != Mode::Switch) {
+            if let (Some(span), true) = (key.1, mode == Mode::Smpte2022_7) {
                 self.report(
                     span,
                     &format!("channel.{}", key.0),
-                    format!("{who}: {} only applies to mode = \"switch\" — remove it from this {mode} channel", key.0),
+                    format!("{who}: {} only applies to mode = \"switch\" (and to content-merge's fallback to switching) — remove it from this {mode} channel", key.0),
                 );
             }
         }
@@ -530,11 +530,11 @@ impl Validator<'_> {
     fn rule(&mut self, who: &str, mode: Mode, r: Spanned<RawRule>) -> Option<RuleSpec> {
         let span = r.span();
         let r = r.into_inner();
-        if mode != Mode::Switch {
+        if mode == Mode::Smpte2022_7 {
             self.report(
                 span.clone(),
                 "channel.rule",
-                format!("{who}: failover rules apply to mode = \"switch\" (a {mode} channel merges its legs and has no source to fail over to) — remove the [[channel.rule]]"),
+                format!("{who}: failover rules apply to mode = \"switch\" and to content-merge's fallback (a {mode} channel merges its legs and has no source to fail over to) — remove the [[channel.rule]]"),
             );
             return None;
         }
@@ -726,12 +726,12 @@ impl Validator<'_> {
             }
             Some(r) => match Role::ALL.into_iter().find(|x| x.as_str() == r.get_ref()) {
                 Some(role) => {
-                    if role == Role::Slate && mode == Mode::Smpte2022_7 {
+                    if role == Role::Slate && mode != Mode::Switch {
                         self.report(
                             r.span(),
                             "channel.source.role",
                             format!(
-                                "{who}: role \"slate\" is not allowed in a smpte-2022-7 channel (2022-7 merges copies of one RTP stream; a slate is other content) — remove this source"
+                                "{who}: role \"slate\" is not allowed in a {mode} channel (it merges copies of one stream; a slate is other content) — use mode = \"switch\" for a slate"
                             ),
                         );
                     }
