@@ -178,7 +178,7 @@ impl SlatePlayer {
         b[3] = (b[3] & 0xf0) | (((b[3] & 0x0f) + cc_add) & 0x0f);
         let add_ticks = self.loop_n * self.loop_ticks;
         if let (Some(at), Some(pcr)) = (pcr_at, p.pcr()) {
-            write_pcr(&mut b[at..at + 6], (pcr + add_ticks) % PCR_MODULUS);
+            crate::ts::write_pcr(&mut b[at..at + 6], (pcr + add_ticks) % PCR_MODULUS);
         }
         if let Some((at, flags)) = pes_at {
             let add = add_ticks / 300;
@@ -231,17 +231,6 @@ fn shift_timestamp(f: &mut [u8], add: u64) {
     f[2] = ((v >> 14) as u8 & 0xfe) | (f[2] & 0x01);
     f[3] = (v >> 7) as u8;
     f[4] = ((v << 1) as u8 & 0xfe) | (f[4] & 0x01);
-}
-
-/// Write a PCR (27 MHz) into its 6-byte field, keeping the reserved bits.
-fn write_pcr(f: &mut [u8], pcr: u64) {
-    let (base, ext) = (pcr / 300, pcr % 300);
-    f[0] = (base >> 25) as u8;
-    f[1] = (base >> 17) as u8;
-    f[2] = (base >> 9) as u8;
-    f[3] = (base >> 1) as u8;
-    f[4] = ((base & 1) << 7) as u8 | (f[4] & 0x7e) | (ext >> 8) as u8;
-    f[5] = ext as u8;
 }
 
 /// PTS (or the DTS when `dts`) of a packet starting a PES packet.

@@ -661,16 +661,7 @@ mod tests {
     fn packet(index: u32, cc: u8, pcr: Option<u64>) -> [u8; PACKET_LEN] {
         let mut p = crate::ts::tests::ts(0x100, cc);
         if let Some(pcr) = pcr {
-            p[3] = 0x30 | (cc & 0x0f);
-            p[4] = 7;
-            p[5] = 0x10;
-            let (base, ext) = (pcr / 300, pcr % 300);
-            p[6] = (base >> 25) as u8;
-            p[7] = (base >> 17) as u8;
-            p[8] = (base >> 9) as u8;
-            p[9] = (base >> 1) as u8;
-            p[10] = ((base & 1) << 7) as u8 | 0x7e | (ext >> 8) as u8;
-            p[11] = ext as u8;
+            crate::ts::tests::set_pcr(&mut p, pcr);
         }
         p[12..16].copy_from_slice(&index.to_be_bytes());
         p

@@ -155,6 +155,18 @@ impl<'a> TsPacket<'a> {
     }
 }
 
+/// Write a PCR (27 MHz units) into its 6-byte program_clock_reference field: 33-bit base
+/// (PCR / 300), the 6 reserved bits kept as they are, 9-bit extension (PCR % 300).
+pub fn write_pcr(field: &mut [u8], pcr: u64) {
+    let (base, ext) = (pcr / 300, pcr % 300);
+    field[0] = (base >> 25) as u8;
+    field[1] = (base >> 17) as u8;
+    field[2] = (base >> 9) as u8;
+    field[3] = (base >> 1) as u8;
+    field[4] = ((base & 1) << 7) as u8 | (field[4] & 0x7e) | (ext >> 8) as u8;
+    field[5] = ext as u8;
+}
+
 /// Iterate over the TS packets of a validated payload.
 #[inline]
 pub fn packets(payload: &[u8]) -> impl Iterator<Item = TsPacket<'_>> {
@@ -220,21 +232,22 @@ pub(crate) mod tests {
         assert_eq!(v.payload().len(), 184);
     }
 
+    /// Give `p` a 7-byte adaptation field carrying `pcr` (payload kept).
+    pub fn set_pcr(p: &mut [u8; PACKET_LEN], pcr: u64) {
+        p[3] |= 0x20;
+        p[4] = 7;
+        p[5] = 0x10;
+        p[10] = 0x7e;
+        write_pcr(&mut p[6..12], pcr);
+    }
+
     #[test]
     fn pcr_roundtrip() {
         let mut p = ts(0x100, 0);
-        p[3] = 0x30;
-        p[4] = 7;
-        p[5] = 0x10;
         let pcr: u64 = 123_456_789_012;
-        let (base, ext) = (pcr / 300, pcr % 300);
-        p[6] = (base >> 25) as u8;
-        p[7] = (base >> 17) as u8;
-        p[8] = (base >> 9) as u8;
-        p[9] = (base >> 1) as u8;
-        p[10] = ((base & 1) << 7) as u8 | 0x7e | (ext >> 8) as u8;
-        p[11] = ext as u8;
+        set_pcr(&mut p, pcr);
         assert_eq!(TsPacket::try_new(&p).unwrap().pcr(), Some(pcr));
+        assert_eq!(p[10] & 0x7e, 0x7e, "reserved bits kept");
     }
 
     #[test]

@@ -525,16 +525,7 @@ mod tests {
             p[4..8].copy_from_slice(&[0, 0, 1, 0xe0]);
         }
         if let Some(pcr) = pcr {
-            p[3] |= 0x20;
-            p[4] = 7;
-            p[5] = 0x10;
-            let (base, ext) = (pcr / 300, pcr % 300);
-            p[6] = (base >> 25) as u8;
-            p[7] = (base >> 17) as u8;
-            p[8] = (base >> 9) as u8;
-            p[9] = (base >> 1) as u8;
-            p[10] = ((base & 1) << 7) as u8 | 0x7e | (ext >> 8) as u8;
-            p[11] = ext as u8;
+            crate::ts::tests::set_pcr(&mut p, pcr);
             if pusi {
                 p[12..16].copy_from_slice(&[0, 0, 1, 0xe0]);
             }
