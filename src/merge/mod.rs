@@ -5,6 +5,7 @@
 //! - [`switch`]: stream switch between different sources by priority and health (failover
 //!   channel).
 
+pub mod content;
 pub mod seq2022_7;
 #[cfg(test)]
 pub(crate) mod sim;
