@@ -36,6 +36,8 @@ pub const CHANNEL_LOCKED: &str = "hitless_channel_locked";
 pub const CHANNEL_STAGE: &str = "hitless_channel_stage";
 pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
 pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
+pub const MERGE_ALIGNED: &str = "hitless_merge_aligned";
+pub const MERGE_DIVERGED: &str = "hitless_merge_diverged_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -139,6 +141,14 @@ fn describe() {
         SWITCH_GAP,
         "Switch mode: output gap around the last switch, in seconds."
     );
+    describe_gauge!(
+        MERGE_ALIGNED,
+        "Content merge: 1 while the legs are aligned and merged, 0 while falling back to switching."
+    );
+    describe_counter!(
+        MERGE_DIVERGED,
+        "Content merge: times the legs were found not to be the same stream."
+    );
 }
 
 /// Write one channel's snapshot into the recorder.
@@ -181,6 +191,12 @@ pub fn publish(s: &ChannelSnapshot) {
     }
     let l = [("channel", ch.clone())];
     gauge!(CHANNEL_RUNNING, &l).set(if s.state == "running" { 1.0 } else { 0.0 });
+    if let Some(aligned) = s.aligned {
+        gauge!(MERGE_ALIGNED, &l).set(if aligned { 1.0 } else { 0.0 });
+    }
+    if let Some(n) = s.diverged {
+        counter!(MERGE_DIVERGED, &l).absolute(n);
+    }
     if let Some(sw) = &s.switch {
         gauge!(CHANNEL_LOCKED, &l).set(if sw.locked.is_some() { 1.0 } else { 0.0 });
         for stage in crate::config::Stage::ALL {

@@ -252,6 +252,8 @@ impl MergeChannel {
             muted: self.muted,
             switch: None,
             last_switch_gap_ms: None,
+            aligned: None,
+            diverged: None,
         }
     }
 }

@@ -74,6 +74,12 @@ pub struct ChannelSnapshot {
     /// Switch mode: output gap of the last switch (last packet before → first after), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_switch_gap_ms: Option<f64>,
+    /// Content-merge mode: the legs are aligned and merged (false: falling back to switching).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aligned: Option<bool>,
+    /// Content-merge mode: times the legs were found to differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -176,6 +182,8 @@ impl ChannelSnapshot {
             muted: cfg.muted,
             switch: None,
             last_switch_gap_ms: None,
+            aligned: None,
+            diverged: None,
         }
     }
 }
@@ -365,7 +373,7 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
                 }
             };
             rt.block_on(async move {
-                if cfg.mode == Mode::Switch {
+                if matches!(cfg.mode, Mode::Switch | Mode::ContentMerge) {
                     match switch::SwitchChannel::open(&cfg) {
                         Ok(task) => {
                             let _ = ready_tx.send(Ok(()));

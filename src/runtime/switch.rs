@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use super::{ChannelSnapshot, Command, MergeSnapshot, RuntimeError, SourceSnapshot};
-use crate::config::ChannelConfig;
+use crate::config::{ChannelConfig, Mode};
 use crate::ingest::Leg;
 use crate::merge::LegId;
+use crate::merge::content::{ContentConfig, ContentEvent, ContentMerger};
 use crate::merge::switch::{Event, Reason, Switch, SwitchConfig};
 use crate::output::Output;
 use crate::rules::tr101290::{Indicator, P1Config, Tr101290};
@@ -82,6 +83,8 @@ pub(super) struct SwitchChannel {
     /// Packets the slate player made due (reused).
     slate_buf: Vec<Bytes>,
     muted: bool,
+    /// Content-merge mode: times the legs were found to differ.
+    diverged: u64,
     last_output: Option<Instant>,
     /// A switch happened and the first packet after it has not been sent yet.
     /// A switch (decided at, from, to, reason) whose first output packet is still to come:
@@ -156,7 +159,16 @@ impl SwitchChannel {
                 switch_on_rap: cfg.switch_on_rap,
                 rap_max_wait: cfg.rap_max_wait,
                 rap_wait: None,
+                merge: (cfg.mode == Mode::ContentMerge).then(|| {
+                    ContentMerger::new(ContentConfig {
+                        legs: cfg.sources.len(),
+                        window: cfg.merge_window,
+                        capacity: super::merge_capacity(cfg),
+                        leg_timeout: cfg.leg_timeout,
+                    })
+                }),
             },
+            diverged: 0,
             slate_buf: Vec::with_capacity(256),
             last_output: None,
             switch_pending: None,
@@ -171,6 +183,7 @@ impl SwitchChannel {
                 t = Some(t.map_or(d, |t: Instant| t.min(d)));
             }
         };
+        min(self.router.merge.as_ref().and_then(|m| m.poll_timeout()));
         for s in &self.sources {
             min(s.rules.poll_timeout());
             min(s.p1.poll_timeout());
@@ -317,6 +330,9 @@ impl SwitchChannel {
             }
         }
         self.router.switch.handle_timeout(now);
+        if let Some(m) = &mut self.router.merge {
+            m.handle_timeout(now);
+        }
     }
 
     fn play_slate(&mut self, now: Instant, i: usize) {
@@ -345,6 +361,10 @@ impl SwitchChannel {
 
     /// Send what the splicer produced, to every output; then log the switch events.
     async fn flush(&mut self, now: Instant) {
+        self.router.drain_merged(now);
+        while let Some(ev) = self.router.merge.as_mut().and_then(|m| m.poll_event()) {
+            self.handle_content_event(ev);
+        }
         while let Some(ev) = self.router.switch.poll_event() {
             self.handle_event(now, ev);
         }
@@ -377,6 +397,33 @@ impl SwitchChannel {
         self.last_output = Some(now);
     }
 
+    fn handle_content_event(&mut self, ev: ContentEvent) {
+        let name = |l: LegId| self.cfg.sources.get(l.0).map_or("?", |s| s.name.as_str());
+        match ev {
+            ContentEvent::Diverged { leg } => {
+                self.diverged += 1;
+                if !self.muted {
+                    tracing::warn!(channel = %self.cfg.name, source = name(leg), "legs are not the same stream: falling back to switching");
+                }
+            }
+            ContentEvent::Aligned => {
+                if !self.muted {
+                    tracing::info!(channel = %self.cfg.name, "legs aligned again: merging");
+                }
+            }
+            ContentEvent::Reanchored { leg } if !self.muted => {
+                tracing::info!(channel = %self.cfg.name, source = name(leg), "leg re-anchored (restart or jump)")
+            }
+            ContentEvent::LegLost { leg } if !self.muted => {
+                tracing::warn!(channel = %self.cfg.name, source = name(leg), "leg lost: no packets for leg_timeout_ms")
+            }
+            ContentEvent::LegBack { leg } if !self.muted => {
+                tracing::info!(channel = %self.cfg.name, source = name(leg), "leg back")
+            }
+            _ => {}
+        }
+    }
+
     fn handle_event(&mut self, now: Instant, ev: Event) {
         let name = |i: Option<LegId>| {
             i.and_then(|l| self.cfg.sources.get(l.0))
@@ -387,7 +434,9 @@ impl SwitchChannel {
                 from, to, reason, ..
             } => {
                 self.switch_pending = Some((now, from, to, reason));
-                let quiet = self.muted && !matches!(reason, Reason::Manual | Reason::Stage);
+                let merged = self.router.merge.as_ref().is_some_and(|m| m.aligned());
+                let quiet =
+                    merged || (self.muted && !matches!(reason, Reason::Manual | Reason::Stage));
                 if !quiet {
                     tracing::warn!(channel = %self.cfg.name, from = name(from), to = name(to), reason = reason.label(), "switched");
                 }
@@ -410,6 +459,8 @@ impl SwitchChannel {
 
     fn snapshot(&self, now: Instant) -> ChannelSnapshot {
         let status = self.router.switch.status(now);
+        let merge_stats = self.router.merge.as_ref().map(|m| m.stats());
+        let merged = self.router.merge.as_ref().is_some_and(|m| m.aligned());
         let active = self.router.switch.active().map(|l| l.0);
         let sources = self
             .cfg
@@ -419,6 +470,7 @@ impl SwitchChannel {
             .enumerate()
             .map(|(i, (cfg, src))| {
                 let st = status.sources.get(i);
+                let leg = merge_stats.and_then(|m| m.legs.get(i));
                 let (packets, bytes, dropped, local) = match &src.input {
                     Input::Net(l) => (
                         l.stats.packets,
@@ -444,14 +496,19 @@ impl SwitchChannel {
                         _ => "receiving",
                     },
                     up,
-                    active: active == Some(i),
+                    active: if merged {
+                        leg.is_some_and(|l| l.aligned && !l.lost)
+                    } else {
+                        active == Some(i)
+                    },
                     packets,
                     bytes,
                     dropped,
-                    recovered: 0,
-                    duplicates: 0,
-                    late: 0,
-                    path_differential_ms: 0.0,
+                    recovered: leg.map_or(0, |l| l.recovered),
+                    duplicates: leg.map_or(0, |l| l.duplicates),
+                    late: leg.map_or(0, |l| l.dropped),
+                    path_differential_ms: leg
+                        .map_or(0.0, |l| l.path_differential.as_secs_f64() * 1000.0),
                     last_packet_age_ms: st.and_then(|s| s.last_packet_ms_ago).map(|v| v as f64),
                     tr101290: Some(
                         Indicator::ALL
@@ -474,7 +531,17 @@ impl SwitchChannel {
             state: "running",
             merge_window_ms: self.cfg.merge_window.as_millis() as u64,
             sources,
-            merge: MergeSnapshot::default(),
+            merge: merge_stats.map_or_else(MergeSnapshot::default, |m| MergeSnapshot {
+                released: m.output,
+                unrecovered: m.unrecovered,
+                duplicates: m.duplicates,
+                late: m.legs.iter().map(|l| l.dropped).sum(),
+                resyncs: m.reanchors,
+                overflow: m.overflow,
+                capacity_packets: super::merge_capacity(&self.cfg),
+            }),
+            aligned: self.router.merge.as_ref().map(|m| m.aligned()),
+            diverged: self.router.merge.as_ref().map(|_| self.diverged),
             output,
             outputs,
             failovers,
@@ -501,11 +568,37 @@ struct Router {
     rap_max_wait: std::time::Duration,
     /// (new source, give up waiting at) while a switch waits for a random access point.
     rap_wait: Option<(usize, Instant)>,
+    /// Content-merge mode: the merger of the legs. While it is aligned its output is the
+    /// channel's output; when the legs diverge the channel falls back to switching.
+    merge: Option<ContentMerger>,
 }
 
 impl Router {
+    /// Content-merge mode: move the merger's released packets to the output while the legs
+    /// are aligned (and discard them while falling back to switching).
+    fn drain_merged(&mut self, now: Instant) {
+        if let Some(m) = &mut self.merge {
+            let aligned = m.aligned();
+            while let Some(p) = m.poll_output(now) {
+                if aligned {
+                    self.out.push(p);
+                }
+            }
+        }
+    }
+
     fn deliver(&mut self, now: Instant, i: usize, payload: &Bytes) {
         let on_air = self.switch.on_packet(now, LegId(i));
+        if let Some(m) = &mut self.merge {
+            m.push(now, LegId(i), payload);
+            if m.aligned() {
+                // Merged: the output comes from the merger (see `drain_merged`). The splicer
+                // still reads every source's PSI so that a fallback switch is clean.
+                self.splicer.push(i, payload, &mut self.scratch);
+                self.scratch.clear();
+                return;
+            }
+        }
         let playing = self.splicer.active();
         if on_air && playing != Some(i) {
             if self.switch_on_rap && playing.is_some() {
@@ -600,6 +693,7 @@ mod tests {
             switch_on_rap: on_rap,
             rap_max_wait: Duration::from_millis(300),
             rap_wait: None,
+            merge: None,
         }
     }
 
