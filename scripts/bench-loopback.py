@@ -340,6 +340,11 @@ def main():
     )
     p.add_argument("--keep-going", action="store_true", help="do not stop climbing at the first lossy rate")
     p.add_argument("--no-build", action="store_true", help="skip cargo build --release")
+    p.add_argument(
+        "--bin-dir",
+        help="take hitless and relay from this directory (copied there beforehand), not from "
+        "target/release: a shared target dir may be rebuilt by someone else mid-run; implies --no-build",
+    )
     p.add_argument("--json", help="also write every step's figures to this JSON file")
     args = p.parse_args()
 
@@ -354,7 +359,10 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    if not args.no_build:
+    global HITLESS, RELAY
+    if args.bin_dir:
+        HITLESS, RELAY = Path(args.bin_dir) / "hitless", Path(args.bin_dir) / "relay"
+    elif not args.no_build:
         subprocess.run(
             ["cargo", "build", "--release", "--bins", "--examples"], cwd=ROOT, check=True, timeout=3600
         )

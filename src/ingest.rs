@@ -135,30 +135,46 @@ impl Leg {
     /// (merge modes). Returns the number of datagrams read (valid or not); `WouldBlock`
     /// when none.
     pub fn read_rtp_batch(&mut self, sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
-        self.read_batch(validate_rtp, sink)
+        self.read_batch(take_rtp, sink)
     }
 
     /// Read one batch and hand the TS payload of every valid datagram to `sink` (switch
     /// mode: `rtp://` or `udp://` sources; the payload is a zero-copy slice).
     pub fn read_ts_batch(&mut self, sink: impl FnMut(Bytes)) -> io::Result<usize> {
-        self.read_batch(validate_ts, sink)
+        self.read_batch(take_ts, sink)
     }
 
     fn read_batch<T>(
         &mut self,
-        validate: fn(&Datagram, Scheme, Option<std::net::IpAddr>) -> Result<T, DropReason>,
+        validate: fn(Datagram, Scheme, Option<std::net::IpAddr>) -> Result<T, DropReason>,
         mut sink: impl FnMut(T),
     ) -> io::Result<usize> {
         self.batch.clear();
         let (pool, batch) = (&mut self.pool, &mut self.batch);
-        let n = self.socket.try_io(tokio::io::Interest::READABLE, || {
-            mmsg::recv_batch(&self.socket, pool, batch)
-        })?;
+        // A short batch means the socket queue is empty (recvmmsg returns fewer than asked
+        // only then): tell tokio so, by reporting WouldBlock from inside `try_io`, which
+        // clears the cached readiness unless a newer readiness event has arrived meanwhile.
+        // Otherwise the next wake-up would spend a `recvmmsg` call to learn it.
+        let mut short = 0;
+        let res = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = mmsg::recv_batch(&self.socket, pool, batch)?;
+            if n < mmsg::BATCH {
+                short = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match res {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => short,
+            Err(e) => return Err(e),
+        };
         for d in self.batch.drain(..) {
-            match validate(&d, self.scheme, self.sender) {
+            let len = d.data.len() as u64;
+            match validate(d, self.scheme, self.sender) {
                 Ok(p) => {
                     self.stats.packets += 1;
-                    self.stats.bytes += d.data.len() as u64;
+                    self.stats.bytes += len;
                     sink(p);
                 }
                 Err(reason) => self.stats.dropped[reason.index()] += 1,
@@ -175,8 +191,26 @@ pub fn validate_ts(
     scheme: Scheme,
     sender: Option<std::net::IpAddr>,
 ) -> Result<Bytes, DropReason> {
+    take_ts(d.clone(), scheme, sender)
+}
+
+/// Validate one datagram for an RTP channel.
+pub fn validate_rtp(
+    d: &Datagram,
+    scheme: Scheme,
+    sender: Option<std::net::IpAddr>,
+) -> Result<RtpPacket, DropReason> {
+    take_rtp(d.clone(), scheme, sender)
+}
+
+/// [`validate_ts`], consuming the datagram (no reference-count round trip per packet).
+fn take_ts(
+    d: Datagram,
+    scheme: Scheme,
+    sender: Option<std::net::IpAddr>,
+) -> Result<Bytes, DropReason> {
     if scheme == Scheme::Rtp {
-        return validate_rtp(d, scheme, sender).map(|p| p.payload());
+        return take_rtp(d, scheme, sender).map(|p| p.payload());
     }
     if sender.is_some_and(|s| s != d.from.ip()) {
         return Err(DropReason::WrongSender);
@@ -185,12 +219,12 @@ pub fn validate_ts(
         return Err(DropReason::Oversize);
     }
     ts::validate_payload(&d.data).map_err(DropReason::Ts)?;
-    Ok(d.data.clone())
+    Ok(d.data)
 }
 
-/// Validate one datagram for an RTP channel.
-pub fn validate_rtp(
-    d: &Datagram,
+/// [`validate_rtp`], consuming the datagram.
+fn take_rtp(
+    d: Datagram,
     scheme: Scheme,
     sender: Option<std::net::IpAddr>,
 ) -> Result<RtpPacket, DropReason> {
@@ -203,7 +237,7 @@ pub fn validate_rtp(
     if scheme != Scheme::Rtp {
         return Err(DropReason::NotRtp);
     }
-    let p = RtpPacket::try_new(d.data.clone()).map_err(DropReason::Rtp)?;
+    let p = RtpPacket::try_new(d.data).map_err(DropReason::Rtp)?;
     ts::validate_payload(p.payload_slice()).map_err(DropReason::Ts)?;
     Ok(p)
 }

@@ -80,16 +80,24 @@ impl Output {
         let strip = !self.rtp_out;
         let mut done = 0;
         while done < pkts.len() {
+            // One iovec per datagram: no scatter/gather needed for whole datagrams.
             let n = (pkts.len() - done).min(mmsg::BATCH);
-            let mut msgs = [Gather::default(); mmsg::BATCH];
-            for (m, p) in msgs.iter_mut().zip(&pkts[done..done + n]) {
-                m.push(if strip {
+            let mut bufs: [&[u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
+            for (b, p) in bufs.iter_mut().zip(&pkts[done..done + n]) {
+                *b = if strip {
                     p.payload_slice()
                 } else {
                     &p.data[..]
-                });
+                };
             }
-            done += self.transmit(&msgs[..n]).await;
+            let bufs = &bufs[..n];
+            done += self
+                .transmit(
+                    n,
+                    |k| bufs[..k].iter().map(|b| b.len() as u64).sum(),
+                    |s, d| mmsg::send_batch(s, d, bufs),
+                )
+                .await;
         }
     }
 
@@ -128,29 +136,42 @@ impl Output {
             }
             let mut done = 0;
             while done < n {
-                done += self.transmit(&msgs[done..n]).await;
+                let msgs = &msgs[done..n];
+                done += self
+                    .transmit(
+                        msgs.len(),
+                        |k| msgs[..k].iter().map(|m| m.bytes() as u64).sum(),
+                        |s, d| mmsg::send_gather(s, d, msgs),
+                    )
+                    .await;
             }
             self.headers = headers;
         }
     }
 
-    /// Send as many of `msgs` as possible; returns how many left (sent or skipped on error).
-    /// Waits for writability when the socket buffer is full.
-    async fn transmit(&mut self, msgs: &[Gather<'_>]) -> usize {
+    /// Send as many of the `count` datagrams `send` sends as possible; returns how many left
+    /// (sent or skipped on error). `bytes(k)` is the size of the first `k`. Waits for
+    /// writability when the socket buffer is full.
+    async fn transmit(
+        &mut self,
+        count: usize,
+        bytes: impl Fn(usize) -> u64,
+        send: impl Fn(&tokio::net::UdpSocket, &Dest) -> io::Result<usize>,
+    ) -> usize {
         loop {
             let res = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
-                mmsg::send_gather(&self.socket, &self.dest, msgs)
+                send(&self.socket, &self.dest)
             });
             match res {
                 Ok(n) => {
                     self.stats.packets += n as u64;
-                    self.stats.bytes += msgs[..n].iter().map(|m| m.bytes() as u64).sum::<u64>();
+                    self.stats.bytes += bytes(n);
                     return n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.socket.writable().await.is_err() {
-                        self.stats.errors += msgs.len() as u64;
-                        return msgs.len();
+                        self.stats.errors += count as u64;
+                        return count;
                     }
                 }
                 Err(e) => {
