@@ -406,10 +406,8 @@ impl SwitchChannel {
                     tracing::warn!(channel = %self.cfg.name, source = name(leg), "legs are not the same stream: falling back to switching");
                 }
             }
-            ContentEvent::Aligned => {
-                if !self.muted {
-                    tracing::info!(channel = %self.cfg.name, "legs aligned again: merging");
-                }
+            ContentEvent::Aligned if !self.muted => {
+                tracing::info!(channel = %self.cfg.name, "legs aligned again: merging");
             }
             ContentEvent::Reanchored { leg } if !self.muted => {
                 tracing::info!(channel = %self.cfg.name, source = name(leg), "leg re-anchored (restart or jump)")
