@@ -78,7 +78,8 @@
 //! still match), per-leg pending queues bounded by `capacity`, an output queue bounded by
 //! `capacity`, and a 8192-entry CC table. Nothing is allocated per packet in steady state.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -153,6 +154,9 @@ pub struct ContentStats {
     /// Released packets dropped because the caller did not drain `poll_output`, or positions
     /// forced out because `capacity` packets were buffered.
     pub overflow: u64,
+    /// Delivered packets that could not be placed with certainty (repeated content next to a
+    /// loss on the delivering leg) or contradicted the timeline.
+    pub unplaceable: u64,
     /// Events dropped because the queue (1024) was full.
     pub events_dropped: u64,
 }
@@ -253,9 +257,12 @@ struct Leg {
     lost_alignment: bool,
     /// Last node placed (NIL: before the oldest node).
     cur: u32,
-    /// Runs not placed yet, oldest first.
-    pending: VecDeque<Vec<Pk>>,
-    pending_pkts: usize,
+    /// Packets of the last anchored run after an ambiguous link: certainly right after `cur`.
+    open: Vec<Pk>,
+    /// Runs without an anchor since, oldest first.
+    floats: VecDeque<Vec<Pk>>,
+    /// Arrival of the oldest unplaced packet (open or floating).
+    g_since: Option<u64>,
     /// Not aligned since (ns); `None` while aligned.
     unaligned_since: Option<u64>,
     diverged: bool,
@@ -286,9 +293,36 @@ pub struct ContentMerger {
     /// Some node was ever created (a later anchor is a re-anchor).
     started: bool,
     aligned: bool,
-    scratch: Vec<Pk>,
-    pool: Vec<Vec<Pk>>,
+    /// Fingerprint → node, for every node in the timeline.
+    index: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     stats: ContentStats,
+}
+
+/// An index entry: how many timeline nodes carry a fingerprint.
+#[derive(Clone, Copy)]
+struct Entry {
+    node: u32,
+    count: u32,
+    /// Was carried by two nodes at once since it entered: never an anchor again while held.
+    multi: bool,
+}
+
+/// Fingerprints are hashes already.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 impl ContentMerger {
@@ -329,8 +363,9 @@ impl ContentMerger {
                     aligned: false,
                     lost_alignment: false,
                     cur: NIL,
-                    pending: VecDeque::with_capacity(64),
-                    pending_pkts: 0,
+                    open: Vec::with_capacity(8),
+                    floats: VecDeque::with_capacity(64),
+                    g_since: None,
                     unaligned_since: None,
                     diverged: false,
                     diff_ns: None,
@@ -341,8 +376,7 @@ impl ContentMerger {
             out_cc: vec![NO_CC; 8192].into_boxed_slice(),
             started: false,
             aligned: true,
-            scratch: Vec::with_capacity(64),
-            pool: Vec::new(),
+            index: HashMap::with_capacity_and_hasher(2 * n, BuildHasherDefault::default()),
             stats: ContentStats {
                 legs: vec![ContentLegStats::default(); legs],
                 ..Default::default()
@@ -367,8 +401,7 @@ impl ContentMerger {
             st.lost = false;
             self.emit(ContentEvent::LegBack { leg });
         }
-        let mut run = std::mem::take(&mut self.scratch);
-        run.clear();
+        let mut run = Vec::with_capacity(payload.len() / PACKET_LEN);
         let mut off = 0;
         while off + PACKET_LEN <= payload.len() {
             let b = &payload[off..off + PACKET_LEN];
@@ -391,20 +424,8 @@ impl ContentMerger {
         }
         self.stats.legs[li].packets += run.len() as u64;
         if !run.is_empty() {
-            let l = &self.legs[li];
-            if l.aligned && l.pending.is_empty() && self.try_place_direct(now_ns, li, &run) {
-                // Fast path done.
-            } else {
-                let mut v = self.pool.pop().unwrap_or_default();
-                v.clear();
-                v.extend(run.drain(..));
-                self.legs[li].pending_pkts += v.len();
-                self.legs[li].pending.push_back(v);
-                self.process_leg(now_ns, li);
-            }
+            self.place(now_ns, li, run);
         }
-        run.clear();
-        self.scratch = run;
         self.expire(now_ns);
         self.advance(now_ns);
     }
@@ -425,12 +446,11 @@ impl ContentMerger {
             min(self.nodes[self.out as usize].created_ns + self.window_ns);
         }
         for l in &self.legs {
-            if let Some(f) = l.pending.front().and_then(|r| r.first()) {
-                min(f.arrival_ns + self.window_ns);
+            if let Some(g) = l.g_since {
+                min(g + self.window_ns);
             }
             if let Some(s) = l.unaligned_since
                 && !l.diverged
-                && l.pending_pkts > 0
             {
                 min(s + self.window_ns);
             }
@@ -460,12 +480,6 @@ impl ContentMerger {
             if due.is_some_and(|d| now >= d) {
                 st.lost = true;
                 self.emit(ContentEvent::LegLost { leg: LegId(i) });
-            }
-        }
-        // A leg left alone may now append its pending runs.
-        for i in 0..self.legs.len() {
-            if !self.legs[i].pending.is_empty() && !self.stats.legs[i].lost {
-                self.process_leg(now_ns, i);
             }
         }
         self.expire(now_ns);
@@ -545,6 +559,14 @@ impl ContentMerger {
                 self.unalign(l, self.nodes[x as usize].created_ns);
             }
         }
+        let fp = self.nodes[x as usize].fp;
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.index.entry(fp) {
+            let v = e.get_mut();
+            v.count -= 1;
+            if v.count == 0 {
+                e.remove();
+            }
+        }
         let n = &mut self.nodes[x as usize];
         n.pkt = None;
         n.next = NIL;
@@ -603,6 +625,13 @@ impl ContentMerger {
         }
         self.unreleased += 1;
         self.started = true;
+        let e = self.index.entry(pk.fp).or_insert(Entry {
+            node: x,
+            count: 0,
+            multi: false,
+        });
+        e.count += 1;
+        e.multi |= e.count > 1;
         if hi - lo < 2 || lo + (hi - lo) / 2 > RANK_LIMIT {
             self.renumber();
         }
@@ -702,73 +731,416 @@ impl ContentMerger {
 
     // ---- placement ----
 
-    /// Does `run[k..]` fit with `run[k]` at node `m`? Returns (matched, non-null matched), or
-    /// `None`. With `exact`, every packet must match (or extend the tail).
-    fn fit(&self, run: &[Pk], k: usize, m: u32, exact: bool) -> Option<(usize, usize)> {
-        let mut x = m;
-        let (mut matched, mut distinct) = (0, 0);
-        for (i, p) in run.iter().enumerate().skip(k) {
-            if x == NIL {
-                // Extends the tail: only from the tail itself.
-                return Some((matched, distinct));
-            }
-            let n = &self.nodes[x as usize];
-            if n.fp == p.fp {
-                matched += 1;
-                distinct += usize::from(!p.is_null());
-                x = n.next;
-            } else if i > k && !exact && !n.cert && !n.released {
-                // Inserted before `x`.
-            } else {
-                return None;
-            }
+    /// The node `fp` anchors on: a non-null packet whose fingerprint occurs exactly once in the
+    /// timeline (and never twice since it entered it).
+    #[inline]
+    fn anchor_node(&self, p: &Pk) -> Option<u32> {
+        if p.is_null() {
+            return None;
         }
-        Some((matched, distinct))
+        match self.index.get(&p.fp) {
+            Some(e) if e.count == 1 && !e.multi => Some(e.node),
+            _ => None,
+        }
     }
 
-    /// Place `run[k..]` with `run[k]` at `m`, the prefix `run[..k]` inserted right before `m`.
-    fn commit(&mut self, now_ns: u64, li: usize, run: &[Pk], k: usize, m: u32) {
-        let mut prev_placed = false;
-        let mut after = if m == NIL {
-            self.tail
-        } else {
-            self.nodes[m as usize].prev
-        };
-        // Prefix: new packets right before `m`.
-        for p in &run[..k] {
-            if m != NIL && self.nodes[m as usize].released {
-                self.stats.legs[li].dropped += 1;
-                continue;
+    fn other_live_aligned(&self, li: usize) -> bool {
+        (0..self.legs.len()).any(|i| i != li && self.live_aligned(i))
+    }
+
+    /// Insert `pk` right after `after` (NIL: at the front). `cert`: it certainly follows
+    /// `after`; `cert_next`: the node after it certainly follows it. Too late (the node after
+    /// it was already released): dropped, `None`.
+    fn insert(
+        &mut self,
+        now_ns: u64,
+        li: usize,
+        after: u32,
+        pk: &Pk,
+        cert: bool,
+        cert_next: bool,
+    ) -> Option<u32> {
+        let next = self.next_of(after);
+        if next != NIL && self.nodes[next as usize].released {
+            self.stats.legs[li].dropped += 1;
+            return None;
+        }
+        #[cfg(test)]
+        if std::env::var("DBG").is_ok() {
+            let f = |n: u32| {
+                if n == NIL {
+                    0
+                } else {
+                    self.nodes[n as usize].fp % 1000
+                }
+            };
+            eprintln!(
+                "ins leg {li} {} after {} before {} cert {cert}/{cert_next}",
+                pk.fp % 1000,
+                f(after),
+                f(next)
+            );
+        }
+        let x = self.link_after(now_ns, after, pk, li, cert);
+        let nx = self.nodes[x as usize].next;
+        if cert_next && nx != NIL {
+            self.nodes[nx as usize].cert = true;
+        }
+        Some(x)
+    }
+
+    fn drop_pkts(&mut self, li: usize, n: usize) {
+        self.stats.legs[li].dropped += n as u64;
+        self.stats.unplaceable += n as u64;
+    }
+
+    fn clear_gap(&mut self, li: usize, drop: bool) {
+        let l = &mut self.legs[li];
+        let n = l.open.len() + l.floats.iter().map(Vec::len).sum::<usize>();
+        l.open.clear();
+        l.floats.clear();
+        l.g_since = None;
+        if drop {
+            self.drop_pkts(li, n);
+        }
+    }
+
+    /// Place one datagram of leg `li`.
+    fn place(&mut self, now_ns: u64, li: usize, run: Vec<Pk>) {
+        let arrival = run[0].arrival_ns;
+        if !self.legs[li].aligned {
+            let found = run
+                .iter()
+                .enumerate()
+                .find_map(|(k, p)| self.anchor_node(p).map(|m| (k, m)));
+            match found {
+                Some((k, m)) => {
+                    let was = self.legs[li].lost_alignment;
+                    self.set_aligned(li);
+                    if was {
+                        self.stats.reanchors += 1;
+                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+                    }
+                    self.clear_gap(li, true);
+                    self.legs[li].cur = self.nodes[m as usize].prev;
+                    self.place_anchored(now_ns, li, &run, k, m, true);
+                }
+                None if !self.other_live_aligned(li) => {
+                    // Nobody to agree with: this leg carries the timeline from its tail.
+                    if self.started {
+                        self.stats.reanchors += 1;
+                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+                    }
+                    self.set_aligned(li);
+                    self.clear_gap(li, true);
+                    self.legs[li].cur = self.tail;
+                    self.append(now_ns, li, &run);
+                }
+                None => {
+                    self.legs[li].unaligned_since.get_or_insert(arrival);
+                    self.stats.legs[li].dropped += run.len() as u64;
+                }
             }
-            after = self.link_after(now_ns, after, p, li, prev_placed);
-            prev_placed = true;
+            return;
         }
-        let mut x = m;
-        if k > 0 && x != NIL {
-            // The run proves the prefix leads into `m`.
-            self.nodes[x as usize].cert |= prev_placed;
+        let cur_rank = self.rank_of(self.legs[li].cur);
+        let found = run.iter().enumerate().find_map(|(k, p)| {
+            self.anchor_node(p)
+                .filter(|&m| self.nodes[m as usize].rank > cur_rank)
+                .map(|m| (k, m))
+        });
+        if let Some((k, m)) = found {
+            self.place_anchored(now_ns, li, &run, k, m, false);
+            return;
         }
-        let mut cur = after;
-        for p in &run[k..] {
+        let l = &self.legs[li];
+        if l.cur == self.tail && l.open.is_empty() && l.floats.is_empty() {
+            self.append(now_ns, li, &run);
+            return;
+        }
+        self.legs[li].floats.push_back(run);
+        self.legs[li].g_since.get_or_insert(arrival);
+        if self.gap_reaches_tail(li) {
+            // Caught up with the end of the timeline (or alone): everything after the cursor
+            // is accounted for by this leg's unplaced packets.
+            self.resolve(now_ns, li, NIL, &[]);
+        }
+    }
+
+    /// Append a run at the tail (the first link uncertain: this leg may have lost packets).
+    fn append(&mut self, now_ns: u64, li: usize, run: &[Pk]) {
+        let mut at = self.tail;
+        for (i, p) in run.iter().enumerate() {
+            at = self.link_after(now_ns, at, p, li, i > 0);
+        }
+        self.legs[li].cur = at;
+    }
+
+    /// Do the leg's unplaced packets (open tail, then floating runs) cover every node after
+    /// its cursor, matching, with packets to spare? Then the leg is at the end of the timeline.
+    fn gap_reaches_tail(&self, li: usize) -> bool {
+        let l = &self.legs[li];
+        let mut x = self.next_of(l.cur);
+        for p in l.open.iter().chain(l.floats.iter().flatten()) {
             if x == NIL {
-                cur = self.link_after(now_ns, self.tail, p, li, prev_placed && cur == self.tail);
-                prev_placed = true;
+                return true;
+            }
+            if self.nodes[x as usize].fp != p.fp {
+                return false;
+            }
+            x = self.nodes[x as usize].next;
+        }
+        x == NIL
+    }
+
+    /// Place `run` with `run[k]` the anchor at node `m` (ahead of the cursor).
+    fn place_anchored(
+        &mut self,
+        now_ns: u64,
+        li: usize,
+        run: &[Pk],
+        k: usize,
+        m: u32,
+        joining: bool,
+    ) {
+        let x0 = self.legs[li].cur;
+        let m_rank = self.nodes[m as usize].rank;
+        // Last anchor of the run at or after `m`: up to it the run is the exact original.
+        let last = (k..run.len())
+            .rev()
+            .find(|&i| {
+                self.anchor_node(&run[i])
+                    .is_some_and(|n| self.nodes[n as usize].rank >= m_rank)
+            })
+            .unwrap_or(k);
+        self.duplicate(now_ns, li, m);
+        // Head, backward from `m`, while it is certain.
+        let mut s = m;
+        let mut j = k;
+        while j > 0 {
+            let p = &run[j - 1];
+            let y = self.nodes[s as usize].prev;
+            if y == NIL
+                || y == x0
+                || self.nodes[y as usize].rank <= self.rank_of(x0)
+                || self.nodes[y as usize].released
+            {
+                break;
+            }
+            let cert = self.nodes[s as usize].cert;
+            if cert {
+                if self.nodes[y as usize].fp != p.fp {
+                    // Contradicts the timeline: drop what is left of the head.
+                    self.drop_pkts(li, j);
+                    j = 0;
+                    break;
+                }
+                self.duplicate(now_ns, li, y);
+                s = y;
+            } else if self.nodes[y as usize].fp == p.fp {
+                break; // Ambiguous: resolved with the leg's gap below.
+            } else {
+                match self.insert(now_ns, li, y, p, false, true) {
+                    Some(n) => s = n,
+                    None => {
+                        self.drop_pkts(li, j - 1);
+                        j = 0;
+                        break;
+                    }
+                }
+            }
+            j -= 1;
+        }
+        if joining {
+            self.drop_pkts(li, j);
+            self.clear_gap(li, true);
+        } else {
+            self.resolve(now_ns, li, s, &run[..j]);
+        }
+        // Forward from `m`.
+        let mut placed = m;
+        let mut x = self.nodes[m as usize].next;
+        let mut open_from = None;
+        for i in k + 1..run.len() {
+            let p = &run[i];
+            if x == NIL {
+                match self.insert(now_ns, li, placed, p, true, false) {
+                    Some(n) => placed = n,
+                    None => {
+                        self.drop_pkts(li, run.len() - i);
+                        break;
+                    }
+                }
                 continue;
             }
             if self.nodes[x as usize].fp == p.fp {
-                if prev_placed && self.nodes[x as usize].prev == cur {
+                if i > last && !self.nodes[x as usize].cert {
+                    open_from = Some(i); // Same content across an uncertain link.
+                    break;
+                }
+                if self.nodes[x as usize].prev == placed {
                     self.nodes[x as usize].cert = true;
                 }
                 self.duplicate(now_ns, li, x);
-                cur = x;
+                placed = x;
                 x = self.nodes[x as usize].next;
-                prev_placed = true;
+                continue;
+            }
+            let conflict = if i <= last {
+                self.anchor_node(p).is_some_and(|n| n != x)
             } else {
-                cur = self.link_after(now_ns, cur, p, li, prev_placed);
-                prev_placed = true;
+                self.nodes[x as usize].cert
+            };
+            if conflict {
+                self.drop_pkts(li, run.len() - i);
+                break;
+            }
+            match self.insert(now_ns, li, placed, p, true, false) {
+                Some(n) => placed = n,
+                None => {
+                    self.drop_pkts(li, run.len() - i);
+                    break;
+                }
             }
         }
-        self.legs[li].cur = cur;
+        self.legs[li].cur = placed;
+        if let Some(i) = open_from {
+            self.legs[li].open.extend_from_slice(&run[i..]);
+            self.legs[li].g_since = Some(run[i].arrival_ns);
+        }
+    }
+
+    /// Place the leg's unplaced packets (the open tail, certainly right after the cursor, then
+    /// the floating runs) and `head` (certainly right before `s`; NIL: the end) between the
+    /// cursor and `s`. Identical content is taken for a copy (fewest insertions): repeated
+    /// packets may be lost this way, never duplicated or moved past distinct packets.
+    fn resolve(&mut self, now_ns: u64, li: usize, s: u32, head: &[Pk]) {
+        let x0 = self.legs[li].cur;
+        let x0_rank = self.rank_of(x0);
+        // Head, backward from `s`: copies where identical, else inserted into a hole.
+        let mut hs = s;
+        let mut j = head.len();
+        while j > 0 {
+            let p = &head[j - 1];
+            let y = if hs == NIL {
+                self.tail
+            } else {
+                self.nodes[hs as usize].prev
+            };
+            if y == NIL || self.nodes[y as usize].rank <= x0_rank || self.nodes[y as usize].released
+            {
+                if y != NIL && self.nodes[y as usize].released {
+                    // Too late for what is left of the head.
+                    self.drop_pkts(li, j);
+                    j = 0;
+                }
+                break;
+            }
+            if self.nodes[y as usize].fp == p.fp {
+                self.duplicate(now_ns, li, y);
+                hs = y;
+            } else if hs != NIL && self.nodes[hs as usize].cert {
+                self.drop_pkts(li, j);
+                j = 0;
+                break;
+            } else {
+                match self.insert(now_ns, li, y, p, false, hs != NIL) {
+                    Some(n) => hs = n,
+                    None => {
+                        self.drop_pkts(li, j);
+                        j = 0;
+                        break;
+                    }
+                }
+            }
+            j -= 1;
+        }
+        // Open tail and floating runs, forward from the cursor.
+        let open = std::mem::take(&mut self.legs[li].open);
+        let floats = std::mem::take(&mut self.legs[li].floats);
+        self.legs[li].g_since = None;
+        let mut at = x0;
+        self.forward(now_ns, li, &mut at, hs, &open, true);
+        for f in &floats {
+            self.forward(now_ns, li, &mut at, hs, f, false);
+        }
+        // Nodes skipped between what this leg placed: a jump?
+        let mut skipped = 0u64;
+        let mut y = self.next_of(at);
+        while y != hs && y != NIL && skipped < JUMP_PACKETS {
+            skipped += 1;
+            y = self.nodes[y as usize].next;
+        }
+        if skipped >= JUMP_PACKETS {
+            self.stats.reanchors += 1;
+            self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+        }
+        // What is left of the head goes right before `hs`, after everything placed.
+        if j > 0 {
+            let mut after = if hs == NIL {
+                self.tail
+            } else {
+                self.nodes[hs as usize].prev
+            };
+            if after != NIL && self.nodes[after as usize].rank < self.rank_of(at) {
+                after = at;
+            }
+            for (i, p) in head[..j].iter().enumerate() {
+                match self.insert(now_ns, li, after, p, i > 0, i + 1 == j && hs != NIL) {
+                    Some(n) => after = n,
+                    None => {
+                        self.drop_pkts(li, j - i - 1);
+                        break;
+                    }
+                }
+            }
+        }
+        self.legs[li].cur = at;
+        let mut open = open;
+        open.clear();
+        self.legs[li].open = open;
+        let mut floats = floats;
+        floats.clear();
+        self.legs[li].floats = floats;
+    }
+
+    /// Place `seq` forward from `*at`, before `stop`: copies where identical, insertions into
+    /// holes. `cert_first`: `seq[0]` certainly follows `*at`.
+    fn forward(
+        &mut self,
+        now_ns: u64,
+        li: usize,
+        at: &mut u32,
+        stop: u32,
+        seq: &[Pk],
+        cert_first: bool,
+    ) {
+        for (i, p) in seq.iter().enumerate() {
+            let x = self.next_of(*at);
+            let cert = i > 0 || cert_first;
+            if x != stop && x != NIL && self.nodes[x as usize].fp == p.fp {
+                self.duplicate(now_ns, li, x);
+                *at = x;
+                continue;
+            }
+            let into_hole = x == stop || x == NIL || !self.nodes[x as usize].cert;
+            if !into_hole {
+                self.drop_pkts(li, seq.len() - i);
+                return;
+            }
+            if x != stop && !cert && p.is_null() {
+                // A null run of unknown position in the middle of a hole: unplaceable.
+                self.drop_pkts(li, seq.len() - i);
+                return;
+            }
+            match self.insert(now_ns, li, *at, p, cert, false) {
+                Some(n) => *at = n,
+                None => {
+                    self.drop_pkts(li, seq.len() - i);
+                    return;
+                }
+            }
+        }
     }
 
     fn duplicate(&mut self, now_ns: u64, li: usize, x: u32) {
@@ -798,195 +1170,6 @@ impl ContentMerger {
         self.stats.legs[li].path_differential = Duration::from_nanos(v.max(0.0) as u64);
     }
 
-    /// Rule 1 (fit at the cursor's successor / append at the tail) and rule 2 (nearest
-    /// distinctive fit ahead). Returns the placement `(k, m, skipped)`.
-    fn find_ahead(&self, li: usize, run: &[Pk]) -> Option<(usize, u32, u64)> {
-        let cur = self.legs[li].cur;
-        let first = self.next_of(cur);
-        if first == NIL {
-            return Some((0, NIL, 0));
-        }
-        if self.fit(run, 0, first, false).is_some() {
-            return Some((0, first, 0));
-        }
-        let mut x = first;
-        let mut skipped = 0u64;
-        let mut steps = 0usize;
-        while x != NIL && steps < 2 * self.cap {
-            let n = &self.nodes[x as usize];
-            for (k, p) in run.iter().enumerate() {
-                if p.fp != n.fp || p.is_null() {
-                    continue;
-                }
-                if k > 0 && (n.cert || n.released) {
-                    continue;
-                }
-                if let Some((_, d)) = self.fit(run, k, x, false)
-                    && d > 0
-                {
-                    return Some((k, x, skipped));
-                }
-            }
-            skipped += 1;
-            steps += 1;
-            x = n.next;
-        }
-        None
-    }
-
-    /// Whole-timeline search for an unaligned leg: a unique exact fit with a non-null match.
-    fn find_unique(&self, run: &[Pk]) -> Option<u32> {
-        let k = run.iter().position(|p| !p.is_null())?;
-        let mut found = None;
-        let mut x = self.oldest;
-        while x != NIL {
-            let n = &self.nodes[x as usize];
-            if n.fp == run[k].fp {
-                // run[..k] are nulls: they must match the nodes right before.
-                let mut start = x;
-                let mut ok = true;
-                for _ in 0..k {
-                    start = self.nodes[start as usize].prev;
-                    if start == NIL {
-                        ok = false;
-                        break;
-                    }
-                }
-                if ok && self.fit(run, 0, start, true).is_some() {
-                    if found.is_some() {
-                        return None;
-                    }
-                    found = Some(start);
-                }
-            }
-            x = n.next;
-        }
-        found
-    }
-
-    /// Fast path: an aligned leg with nothing pending.
-    fn try_place_direct(&mut self, now_ns: u64, li: usize, run: &[Pk]) -> bool {
-        match self.find_ahead(li, run) {
-            Some((k, m, skipped)) => {
-                self.place_at(now_ns, li, run, k, m, skipped);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn place_at(&mut self, now_ns: u64, li: usize, run: &[Pk], k: usize, m: u32, skipped: u64) {
-        if skipped >= JUMP_PACKETS {
-            self.stats.reanchors += 1;
-            self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-        }
-        self.commit(now_ns, li, run, k, m);
-    }
-
-    fn recycle(&mut self, li: usize, v: Vec<Pk>) {
-        self.legs[li].pending_pkts -= v.len();
-        let mut v = v;
-        v.clear();
-        if self.pool.len() < 256 {
-            self.pool.push(v);
-        }
-    }
-
-    fn process_leg(&mut self, now_ns: u64, li: usize) {
-        loop {
-            if self.legs[li].pending.is_empty() {
-                return;
-            }
-            if !self.legs[li].aligned {
-                let anchor = !(0..self.legs.len()).any(|i| i != li && self.live_aligned(i));
-                if anchor {
-                    // Nobody to agree with: this leg carries the timeline from its tail.
-                    if self.started {
-                        self.stats.reanchors += 1;
-                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-                    }
-                    self.set_aligned(li);
-                    self.legs[li].cur = self.tail;
-                    continue;
-                }
-                let last = self.legs[li].pending.len() - 1;
-                if last > 0
-                    && self.find_unique(&self.legs[li].pending[0]).is_none()
-                    && self.find_unique(&self.legs[li].pending[last]).is_some()
-                {
-                    // The newest run fits where the oldest does not: drop the older ones.
-                    for _ in 0..last {
-                        let v = self.legs[li].pending.pop_front().unwrap_or_default();
-                        self.stats.legs[li].dropped += v.len() as u64;
-                        self.recycle(li, v);
-                    }
-                }
-                let run = self.legs[li].pending.pop_front().unwrap_or_default();
-                if let Some(m) = self.find_unique(&run) {
-                    let was = self.legs[li].lost_alignment;
-                    self.set_aligned(li);
-                    if was {
-                        self.stats.reanchors += 1;
-                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-                    }
-                    self.legs[li].cur = self.nodes[m as usize].prev;
-                    self.commit(now_ns, li, &run, 0, m);
-                    self.recycle(li, run);
-                    continue;
-                }
-                if self.legs[li].unaligned_since.is_none() {
-                    self.legs[li].unaligned_since = run.first().map(|p| p.arrival_ns);
-                }
-                self.legs[li].pending.push_front(run);
-                self.bound_pending(li);
-                return;
-            }
-            // Aligned: try the front run, then later runs (bridging holes with the earlier).
-            let n = self.legs[li].pending.len();
-            let mut placed = None;
-            for j in 0..n {
-                let run = &self.legs[li].pending[j];
-                if let Some(p) = self.find_ahead(li, run) {
-                    placed = Some((j, p));
-                    break;
-                }
-            }
-            match placed {
-                Some((j, (k, m, skipped))) => {
-                    for _ in 0..j {
-                        let h = self.legs[li].pending.pop_front().unwrap_or_default();
-                        self.fill_hole(now_ns, li, &h, m);
-                        self.recycle(li, h);
-                    }
-                    let run = self.legs[li].pending.pop_front().unwrap_or_default();
-                    self.place_at(now_ns, li, &run, k, m, skipped);
-                    self.recycle(li, run);
-                }
-                None => {
-                    let alone = !(0..self.legs.len()).any(|i| i != li && self.live_aligned(i));
-                    if alone {
-                        let run = self.legs[li].pending.pop_front().unwrap_or_default();
-                        self.legs[li].cur = self.tail;
-                        self.commit(now_ns, li, &run, 0, NIL);
-                        self.recycle(li, run);
-                        continue;
-                    }
-                    self.bound_pending(li);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn bound_pending(&mut self, li: usize) {
-        while self.legs[li].pending_pkts > self.cap {
-            if let Some(v) = self.legs[li].pending.pop_front() {
-                self.stats.legs[li].dropped += v.len() as u64;
-                self.recycle(li, v);
-            }
-        }
-    }
-
     fn set_aligned(&mut self, li: usize) {
         let l = &mut self.legs[li];
         l.aligned = true;
@@ -1010,142 +1193,18 @@ impl ContentMerger {
         self.aligned = now;
     }
 
-    /// Insert the pending run `run` into the best hole between the leg's cursor and `m`.
-    fn fill_hole(&mut self, now_ns: u64, li: usize, run: &[Pk], m: u32) {
-        let cur = self.legs[li].cur;
-        let mut x = self.next_of(cur);
-        let mut best: Option<(u64, u32)> = None;
-        loop {
-            if x == NIL {
-                break;
-            }
-            let n = &self.nodes[x as usize];
-            if !n.cert && !n.released {
-                let cost = self.cc_cost(run, n.prev, x);
-                if best.is_none_or(|(c, _)| cost < c) {
-                    best = Some((cost, x));
-                }
-            }
-            if x == m {
-                break;
-            }
-            x = n.next;
-        }
-        match best {
-            Some((_, x)) => {
-                let mut after = self.nodes[x as usize].prev;
-                for (i, p) in run.iter().enumerate() {
-                    after = self.link_after(now_ns, after, p, li, i > 0);
-                }
-                self.legs[li].cur = after;
-            }
-            None => {
-                // No hole ahead: this leg matched null packets across the hole (identical
-                // content, so the match was a guess). Re-read them as new nulls in a hole
-                // behind the cursor, within the null stretch it matched.
-                let mut y = cur;
-                let mut c = 0usize;
-                let mut hole = None;
-                while y != NIL && c < CC_LOOK {
-                    let n = &self.nodes[y as usize];
-                    if n.pid != NULL_PID.0 || n.released {
-                        break;
-                    }
-                    c += 1;
-                    if !n.cert {
-                        hole = Some((y, c));
-                        break;
-                    }
-                    y = n.prev;
-                }
-                let Some((y, c)) = hole else {
-                    self.stats.legs[li].dropped += run.len() as u64;
-                    return;
-                };
-                let null = self.nodes[y as usize].pkt.clone();
-                let mut after = self.nodes[y as usize].prev;
-                let fp = self.nodes[y as usize].fp;
-                if let Some(null) = null {
-                    for i in 0..c {
-                        let pk = Pk {
-                            bytes: null.clone(),
-                            fp,
-                            pid: NULL_PID.0,
-                            cc: NO_CC,
-                            arrival_ns: now_ns,
-                        };
-                        after = self.link_after(now_ns, after, &pk, li, i > 0);
-                    }
-                }
-                for p in run {
-                    after = self.link_after(now_ns, after, p, li, true);
-                }
-                self.legs[li].cur = after;
-            }
-        }
-    }
-
-    /// Packets implied missing (by continuity counters) if `run` sat between `w` and `x`.
-    fn cc_cost(&self, run: &[Pk], w: u32, x: u32) -> u64 {
-        let mut cost = 0u64;
-        for (i, p) in run.iter().enumerate() {
-            if p.cc == NO_CC {
-                continue;
-            }
-            if !run[..i].iter().any(|q| q.pid == p.pid) {
-                let mut y = w;
-                for _ in 0..CC_LOOK {
-                    if y == NIL {
-                        break;
-                    }
-                    let n = &self.nodes[y as usize];
-                    if n.pid == p.pid && n.cc != NO_CC {
-                        cost += u64::from(p.cc.wrapping_sub(n.cc).wrapping_sub(1) & 0x0f);
-                        break;
-                    }
-                    y = n.prev;
-                }
-            }
-            if !run[i + 1..].iter().any(|q| q.pid == p.pid) {
-                let mut y = x;
-                for _ in 0..CC_LOOK {
-                    if y == NIL {
-                        break;
-                    }
-                    let n = &self.nodes[y as usize];
-                    if n.pid == p.pid && n.cc != NO_CC {
-                        cost += u64::from(n.cc.wrapping_sub(p.cc).wrapping_sub(1) & 0x0f);
-                        break;
-                    }
-                    y = n.next;
-                }
-            }
-        }
-        cost
-    }
-
-    /// Pending runs older than the window: an aligned leg loses alignment (its runs fit
-    /// nowhere: restart or divergence); divergence is reported a window after it started.
+    /// Unplaced packets older than the window: floating runs that found no anchor for a window
+    /// mean the leg no longer fits (restart or divergence); divergence is reported a window
+    /// after it started.
     fn expire(&mut self, now_ns: u64) {
         for li in 0..self.legs.len() {
-            let front_old = self.legs[li]
-                .pending
-                .front()
-                .and_then(|r| r.first())
-                .is_some_and(|p| now_ns >= p.arrival_ns + self.window_ns);
-            if front_old {
-                let since = self.legs[li].pending[0][0].arrival_ns;
-                self.unalign(li, since);
-                while let Some(v) = self.legs[li].pending.front()
-                    && v.first()
-                        .is_some_and(|p| now_ns >= p.arrival_ns + self.window_ns)
-                {
-                    let v = self.legs[li].pending.pop_front().unwrap_or_default();
-                    self.stats.legs[li].dropped += v.len() as u64;
-                    self.recycle(li, v);
-                }
-                if self.legs[li].unaligned_since.is_none() {
-                    self.legs[li].unaligned_since = Some(since);
+            if let Some(since) = self.legs[li].g_since
+                && now_ns >= since + self.window_ns
+            {
+                let floating = !self.legs[li].floats.is_empty();
+                self.clear_gap(li, true);
+                if floating && self.other_live_aligned(li) {
+                    self.unalign(li, since);
                 }
             }
             let l = &self.legs[li];
@@ -1154,7 +1213,7 @@ impl ContentMerger {
                 && !self.stats.legs[li].lost
                 && l.unaligned_since
                     .is_some_and(|s| now_ns >= s + self.window_ns)
-                && (0..self.legs.len()).any(|i| i != li && self.live_aligned(i))
+                && self.other_live_aligned(li)
             {
                 self.legs[li].diverged = true;
                 self.stats.diverged_events += 1;
