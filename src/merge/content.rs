@@ -1128,8 +1128,9 @@ impl ContentMerger {
                 self.drop_pkts(li, seq.len() - i);
                 return;
             }
-            if x != stop && !cert && p.is_null() {
-                // A null run of unknown position in the middle of a hole: unplaceable.
+            if x != stop && !cert_first {
+                // A floating run that stops matching in the middle of the gap: its position
+                // is unknown (this leg lost a datagram before it), so it cannot be inserted.
                 self.drop_pkts(li, seq.len() - i);
                 return;
             }
