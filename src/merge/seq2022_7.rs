@@ -36,7 +36,10 @@
 //!   like a restart. The merger re-anchors (releases what it holds, counts missing packets as
 //!   unrecovered, starts a new epoch at the packet that triggered it, [`Event::Resync`]) when
 //!   - the SSRC changes (at once), except for packets carrying the previous epoch's SSRC, which
-//!     are old data from a lagging leg and are dropped as late;
+//!     are old data from a lagging leg and are dropped as late. If the leg that brought the
+//!     new SSRC then goes on with the previous stream ([`STRAY_RUN`] packets), the new SSRC
+//!     was a stray datagram, not a restart: the merger flips back at once instead of
+//!     discarding the real stream for a window;
 //!   - or a packet is *suspicious* — more than `capacity` ahead of the highest position, or more
 //!     than `capacity` behind it with an RTP timestamp that is not old (old = at most 60 s of
 //!     90 kHz clock behind the newest packet's timestamp: a lagging leg, dropped as late) — and
@@ -68,6 +71,9 @@ use crate::rtp::{ExtSeq, RtpPacket, SeqNum};
 
 /// Suspicious packets consistent with each other that confirm a sender restart.
 pub const RESYNC_RUN: u32 = 8;
+/// Packets of the previous stream from the leg that brought a new SSRC that prove the new
+/// SSRC was a stray datagram, not a restart.
+pub const STRAY_RUN: u32 = 4;
 /// Consecutive rejected packets (suspicious or previous epoch) that, with nothing accepted for
 /// a whole window, force a resync.
 pub const STALE_LIMIT: u32 = 64;
@@ -240,6 +246,9 @@ pub struct Merger {
     stale_run: u32,
     /// Arrival of the last packet accepted in the current epoch.
     last_accept: Option<Instant>,
+    /// After a resync on a new SSRC: the leg that brought it and how many packets of the
+    /// previous stream that same leg delivered since (it should deliver none).
+    stray_check: Option<(usize, u32)>,
     events: VecDeque<Event>,
     stats: MergeStats,
 }
@@ -281,6 +290,7 @@ impl Merger {
             prev: None,
             stale_run: 0,
             last_accept: None,
+            stray_check: None,
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: MergeStats {
                 legs: vec![LegStats::default(); legs],
@@ -716,7 +726,17 @@ impl Merger {
     /// A packet from the previous epoch: late, unless nothing else arrives for long enough.
     fn reject_stale(&mut self, now: Instant, li: usize, pkt: RtpPacket) -> Pushed {
         self.stale_run += 1;
-        if self.stale_for_long(now) {
+        // A stray datagram with a foreign SSRC re-anchored us: the leg that brought it goes
+        // on with the previous stream, which a restarted sender never does. Flip back after
+        // a short run instead of blacking out for a window.
+        let mut stray = false;
+        if let Some((leg, n)) = &mut self.stray_check
+            && *leg == li
+        {
+            *n += 1;
+            stray = *n >= STRAY_RUN;
+        }
+        if stray || self.stale_for_long(now) {
             self.prev = None;
             return self.resync(now, li, pkt);
         }
@@ -795,6 +815,7 @@ impl Merger {
             }
             self.give_up(first, self.release - first);
         }
+        self.stray_check = (pkt.ssrc != self.ssrc).then_some((li, 0));
         self.prev = Some(PrevEpoch {
             ssrc: self.ssrc,
             top_seq: from.0 as u16,
@@ -1121,6 +1142,44 @@ mod tests {
                 from: ExtSeq(109),
                 to: ExtSeq(40_000)
             }]
+        );
+    }
+
+    #[test]
+    fn a_stray_datagram_with_another_ssrc_costs_a_short_run_not_a_window() {
+        let t0 = base();
+        let mut m = Merger::new(MergerConfig {
+            legs: 2,
+            window: ms(1000),
+            capacity: 1024,
+            leg_timeout: ms(200),
+        });
+        let mut out = Vec::new();
+        for i in 0..200u16 {
+            m.push(t0 + ms(i as u64), A, rtp(i, 0));
+            if i >= 30 {
+                m.push(t0 + ms(i as u64), B, rtp(i - 30, 0));
+            }
+            if i == 100 {
+                // One foreign datagram (another sender's SSRC) on leg A.
+                m.push(t0 + ms(100), A, rtp_ssrc(5_000, 123, 0xbad, 188));
+            }
+            out.extend(drain(&mut m, t0 + ms(i as u64)));
+        }
+        let s = m.stats();
+        assert_eq!(
+            s.resyncs, 2,
+            "re-anchored on the stray, then back on the real stream"
+        );
+        let lost = (0..200u16).filter(|q| !out.contains(q)).count();
+        assert!(
+            lost <= 2 * STRAY_RUN as usize,
+            "{lost} packets lost to one stray datagram"
+        );
+        assert!(
+            out.ends_with(&[197, 198, 199]),
+            "the real stream is back: {:?}",
+            &out[out.len() - 5..]
         );
     }
 
