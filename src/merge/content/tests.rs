@@ -253,7 +253,7 @@ fn single_leg_passes_through_with_zero_latency() {
     let mut rng = fastrand::Rng::with_seed(1);
     let p = plan(&mut rng, pkts.len(), 7, 0.0, ms(0));
     sim.send(ms(0), SPACING, &pkts, &[p]);
-    while sim.pending.len() > 0 {
+    while !sim.pending.is_empty() {
         sim.step();
     }
     assert_eq!(sim.out, pkts, "released at once, in order");
@@ -261,7 +261,6 @@ fn single_leg_passes_through_with_zero_latency() {
 
 #[test]
 #[ignore = "known failing (WIP): output is now a subsequence (no duplicate/move) but unique packets next to a double loss are dropped, see report"]
-
 fn two_legs_skewed_with_loss_recover_everything() {
     let pkts = stream(20_000, 2);
     let mut rng = fastrand::Rng::with_seed(2);
@@ -287,7 +286,6 @@ fn two_legs_skewed_with_loss_recover_everything() {
 
 #[test]
 #[ignore = "known failing (WIP): output is now a subsequence (no duplicate/move) but unique packets next to a double loss are dropped, see report"]
-
 fn different_datagram_boundaries_and_equal_delay() {
     let pkts = stream(20_000, 3);
     let mut rng = fastrand::Rng::with_seed(3);
@@ -302,7 +300,6 @@ fn different_datagram_boundaries_and_equal_delay() {
 
 #[test]
 #[ignore = "known failing (WIP): output is now a subsequence (no duplicate/move) but unique packets next to a double loss are dropped, see report"]
-
 fn different_streams_diverge_and_realign() {
     // Leg 0 carries stream X throughout; leg 1 carries stream Y for a while, then X again.
     let x = stream(30_000, 10);
@@ -413,7 +410,6 @@ mod props {
         /// lost on every leg removed, in order, without duplicates.
         #[test]
         #[ignore = "known failing (WIP): output is now a subsequence (no duplicate/move) but unique packets next to a double loss are dropped, see report"]
-
         fn output_is_original_minus_packets_lost_everywhere(
             legs in 2usize..=3,
             seed in any::<u64>(),
