@@ -38,8 +38,6 @@ pub struct Output {
     socket: tokio::net::UdpSocket,
     dest: Dest,
     rtp_out: bool,
-    /// Muted outputs count nothing and send nothing (hot standby, disabled channels).
-    pub muted: bool,
     /// RTP state for outputs that make their own headers (switch mode).
     seq: u16,
     ssrc: u32,
@@ -62,7 +60,6 @@ impl Output {
             socket,
             dest: Dest::new(cfg.url.addr),
             rtp_out: cfg.url.scheme == Scheme::Rtp,
-            muted: false,
             seq: fastrand::u16(..),
             ssrc: fastrand::u32(..),
             epoch: None,
@@ -74,9 +71,6 @@ impl Output {
     /// Send RTP datagrams in order (merge modes): whole for `rtp://`, payload only for
     /// `udp://`. Waits for socket space if the kernel buffer is full.
     pub async fn send_rtp(&mut self, pkts: &[RtpPacket]) {
-        if self.muted {
-            return;
-        }
         let strip = !self.rtp_out;
         let mut done = 0;
         while done < pkts.len() {
@@ -103,7 +97,7 @@ impl Output {
 
     /// Send TS packets (switch mode), 7 to a datagram, with a fresh RTP header for `rtp://`.
     pub async fn send_ts(&mut self, now: Instant, ts: &[Bytes]) {
-        if self.muted || ts.is_empty() {
+        if ts.is_empty() {
             return;
         }
         let epoch = *self.epoch.get_or_insert(now);

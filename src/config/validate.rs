@@ -409,6 +409,11 @@ impl Validator<'_> {
                 "rap_max_wait_ms",
                 ch.rap_max_wait_ms.as_ref().map(|v| v.span()),
             ),
+            (
+                "holddown_period_ms",
+                ch.holddown_period_ms.as_ref().map(|v| v.span()),
+            ),
+            ("holddown_ms", ch.holddown_ms.as_ref().map(|v| v.span())),
         ] {
             if let (Some(span), true) = (key.1, mode == Mode::Smpte2022_7) {
                 self.report(

@@ -21,6 +21,9 @@ use crate::ingest::Leg;
 use crate::net::NetError;
 use crate::output::Output;
 
+/// How long the API waits for a channel thread to answer a command.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Requests from the control side to a channel task.
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<ChannelSnapshot>),
@@ -197,10 +200,24 @@ pub struct ChannelHandle {
 
 impl ChannelHandle {
     /// A fresh snapshot, or `None` if the task has stopped.
+    /// A fresh snapshot, or `None` if the channel has stopped or does not answer within
+    /// [`COMMAND_TIMEOUT`] (a stuck channel must not stall the API or `/metrics`).
     pub async fn snapshot(&self) -> Option<ChannelSnapshot> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Snapshot(tx)).await.ok()?;
-        rx.await.ok()
+        self.call(Command::Snapshot(tx), rx).await.ok()
+    }
+
+    /// Send a command and wait (bounded) for its answer.
+    async fn call<T>(&self, cmd: Command, rx: oneshot::Receiver<T>) -> Result<T, String> {
+        tokio::time::timeout(COMMAND_TIMEOUT, async {
+            self.tx
+                .send(cmd)
+                .await
+                .map_err(|_| "channel stopped".to_owned())?;
+            rx.await.map_err(|_| "channel stopped".to_owned())
+        })
+        .await
+        .map_err(|_| format!("channel did not answer within {COMMAND_TIMEOUT:?}"))?
     }
     pub fn is_running(&self) -> bool {
         !self.join.is_finished()
@@ -209,26 +226,18 @@ impl ChannelHandle {
     /// Send a command that answers; `Err` when the channel refuses or has stopped.
     pub async fn lock(&self, source: Option<usize>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Lock(source, tx))
-            .await
-            .map_err(|_| "channel stopped".to_owned())?;
-        rx.await.map_err(|_| "channel stopped".to_owned())?
+        self.call(Command::Lock(source, tx), rx).await?
     }
 
     pub async fn set_stage(&self, stage: crate::config::Stage) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Stage(stage, tx))
-            .await
-            .map_err(|_| "channel stopped".to_owned())?;
-        rx.await.map_err(|_| "channel stopped".to_owned())?
+        self.call(Command::Stage(stage, tx), rx).await?
     }
 
     pub async fn mute(&self, muted: bool) -> Result<(), String> {
-        self.tx
-            .send(Command::Mute(muted))
+        tokio::time::timeout(COMMAND_TIMEOUT, self.tx.send(Command::Mute(muted)))
             .await
+            .map_err(|_| "channel did not answer".to_owned())?
             .map_err(|_| "channel stopped".to_owned())
     }
 }

@@ -28,6 +28,12 @@ use crate::ts::splice::Splicer;
 use crate::ts::{self, PACKET_LEN, Pid};
 use crate::url::Scheme;
 
+/// How late slate packets may be collected, so that they leave in datagrams of several TS
+/// packets instead of one timer wake-up per packet.
+const SLATE_BATCH: std::time::Duration = std::time::Duration::from_millis(4);
+/// A slate this far behind its schedule restarts instead of bursting the backlog.
+const SLATE_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Batches read from one socket before the task looks at the others again.
 const READ_BUDGET: usize = 8;
 
@@ -188,7 +194,8 @@ impl SwitchChannel {
             min(s.rules.poll_timeout());
             min(s.p1.poll_timeout());
             if let Input::Slate { player, .. } = &s.input {
-                min(player.poll_timeout());
+                // Batch the slate: wake when a few milliseconds of it are due, not per packet.
+                min(player.poll_timeout().map(|t| t + SLATE_BATCH));
             }
         }
         t
@@ -349,6 +356,15 @@ impl SwitchChannel {
         else {
             return;
         };
+        // After a stall (the thread was not scheduled, the output blocked), do not replay the
+        // whole missed stretch in one burst: restart the loop now. The splicer marks the
+        // discontinuity when the slate is on air.
+        if player
+            .poll_timeout()
+            .is_some_and(|due| now.saturating_duration_since(due) > SLATE_MAX_LAG)
+        {
+            player.start(now);
+        }
         self.slate_buf.clear();
         player.poll_packets(now, &mut self.slate_buf);
         for pkt in self.slate_buf.drain(..) {
@@ -598,6 +614,9 @@ impl Router {
             }
         }
         let playing = self.splicer.active();
+        if on_air && playing == Some(i) {
+            self.rap_wait = None;
+        }
         if on_air && playing != Some(i) {
             if self.switch_on_rap && playing.is_some() {
                 let deadline = match self.rap_wait {
@@ -614,8 +633,11 @@ impl Router {
             self.rap_wait = None;
             self.splicer.switch_to(i);
         }
-        // While a switch waits for a random access point, the old source stays on air.
-        let old_still_on = !on_air && self.rap_wait.is_some() && playing == Some(i);
+        // While a switch waits for a random access point, the old source stays on air — only
+        // while that switch is still the decision and its wait has not run out.
+        let old_still_on = !on_air
+            && playing == Some(i)
+            && matches!(self.rap_wait, Some((to, d)) if self.switch.active() == Some(LegId(to)) && now < d);
         if on_air || old_still_on {
             self.splicer.push(i, payload, &mut self.out);
         } else {
@@ -755,6 +777,29 @@ mod tests {
             sent(&mut r),
             vec![0xb1],
             "300 ms without a keyframe: switch anyway"
+        );
+    }
+
+    #[test]
+    fn the_old_source_leaves_the_air_when_the_rap_wait_runs_out_or_the_decision_changes() {
+        let t0 = crate::merge::sim::base();
+        let ms = Duration::from_millis;
+        let mut r = playing_then_locked(t0, true);
+        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(20), 0, &video(1, false, 0xa0));
+        assert_eq!(sent(&mut r), vec![0xa0]);
+        r.deliver(t0 + ms(400), 0, &video(2, false, 0xa0));
+        assert!(sent(&mut r).is_empty(), "the wait ran out: 0 is off air");
+
+        let mut r = playing_then_locked(t0, true);
+        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.switch.unlock(t0 + ms(15));
+        r.switch.lock(t0 + ms(16), LegId(0));
+        r.deliver(t0 + ms(20), 0, &video(1, false, 0xa0));
+        assert_eq!(sent(&mut r), vec![0xa0]);
+        assert!(
+            r.rap_wait.is_none(),
+            "back on 0: the stale wait for 1 is gone"
         );
     }
 
