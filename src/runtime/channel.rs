@@ -3,15 +3,12 @@
 //! releases to every output. The only clock reads of the packet path are here.
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 
+use super::wait::{Waiter, Wake};
 use super::{ChannelSnapshot, Command, MergeSnapshot, SourceSnapshot};
 use crate::config::ChannelConfig;
 use crate::ingest::Leg;
@@ -41,12 +38,6 @@ pub(super) struct MergeChannel {
     muted: bool,
 }
 
-enum Wake {
-    Readable(usize),
-    Timer,
-    Command(Option<Command>),
-}
-
 impl MergeChannel {
     pub(super) fn new(cfg: ChannelConfig, legs: Vec<Leg>, outputs: Vec<Output>) -> MergeChannel {
         let capacity = super::merge_capacity(&cfg);
@@ -69,41 +60,15 @@ impl MergeChannel {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut timer: Pin<Box<Sleep>> =
-            Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
-        let mut armed: Option<Instant> = None;
-        let mut first = 0usize;
+        let mut waiter = Waiter::new();
         loop {
-            // Re-arm only when the deadline moves earlier (or nothing is armed): it moves later
-            // with almost every packet (a leg's silence deadline), and a timer that fires early
-            // is harmless (handle_timeout does what is due and the timer is armed again).
-            if let Some(t) = self.merger.poll_timeout()
-                && armed.is_none_or(|a| t < a)
-            {
-                timer.as_mut().reset(tokio::time::Instant::from_std(t));
-                armed = Some(t);
-            }
+            waiter.arm(self.merger.poll_timeout());
             let legs = &self.legs;
-            let wake = poll_fn(|cx| {
-                if let Poll::Ready(c) = commands.poll_recv(cx) {
-                    return Poll::Ready(Wake::Command(c));
-                }
-                // Rotate the starting leg so that a busy leg cannot starve the others.
-                for k in 0..legs.len() {
-                    let i = (first + k) % legs.len();
-                    if legs[i].socket.poll_recv_ready(cx).is_ready() {
-                        return Poll::Ready(Wake::Readable(i));
-                    }
-                }
-                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
-                }
-                Poll::Pending
-            })
-            .await;
+            let wake = waiter
+                .wait(&mut commands, legs.len(), |i| Some(&legs[i].socket))
+                .await;
             match wake {
                 Wake::Readable(i) => {
-                    first = (i + 1) % self.legs.len();
                     let now = now();
                     self.read_leg(now, i);
                     self.flush(now).await;
@@ -111,7 +76,6 @@ impl MergeChannel {
                 Wake::Timer => {
                     let now = now();
                     self.merger.handle_timeout(now);
-                    armed = None;
                     self.flush(now).await;
                 }
                 Wake::Command(Some(Command::Snapshot(tx))) => {

@@ -10,6 +10,7 @@
 
 mod channel;
 mod switch;
+mod wait;
 
 use std::collections::BTreeMap;
 

@@ -4,16 +4,13 @@
 //! them to every output. The only clock reads are here.
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 
+use super::wait::{Waiter, Wake};
 use super::{ChannelSnapshot, Command, MergeSnapshot, RuntimeError, SourceSnapshot};
 use crate::config::{ChannelConfig, Mode};
 use crate::ingest::Leg;
@@ -97,12 +94,6 @@ pub(super) struct SwitchChannel {
     /// its log line carries the output gap.
     switch_pending: Option<(Instant, Option<LegId>, Option<LegId>, Reason)>,
     last_gap_ms: Option<f64>,
-}
-
-enum Wake {
-    Readable(usize),
-    Timer,
-    Command(Option<Command>),
 }
 
 impl SwitchChannel {
@@ -202,45 +193,23 @@ impl SwitchChannel {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut timer: Pin<Box<Sleep>> =
-            Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
-        let mut armed: Option<Instant> = None;
-        let mut first = 0usize;
+        let mut waiter = Waiter::new();
         loop {
-            if let Some(t) = self.next_deadline()
-                && armed.is_none_or(|a| t < a)
-            {
-                timer.as_mut().reset(tokio::time::Instant::from_std(t));
-                armed = Some(t);
-            }
+            waiter.arm(self.next_deadline());
             let sources = &self.sources;
-            let wake = poll_fn(|cx| {
-                if let Poll::Ready(c) = commands.poll_recv(cx) {
-                    return Poll::Ready(Wake::Command(c));
-                }
-                for k in 0..sources.len() {
-                    let i = (first + k) % sources.len();
-                    if let Input::Net(leg) = &sources[i].input
-                        && leg.socket.poll_recv_ready(cx).is_ready()
-                    {
-                        return Poll::Ready(Wake::Readable(i));
-                    }
-                }
-                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
-                }
-                Poll::Pending
-            })
-            .await;
+            let wake = waiter
+                .wait(&mut commands, sources.len(), |i| match &sources[i].input {
+                    Input::Net(leg) => Some(&leg.socket),
+                    Input::Slate { .. } => None,
+                })
+                .await;
             match wake {
                 Wake::Readable(i) => {
-                    first = (i + 1) % self.sources.len();
                     let now = now();
                     self.read_source(now, i);
                     self.flush(now).await;
                 }
                 Wake::Timer => {
-                    armed = None;
                     let now = now();
                     self.handle_timeout(now);
                     self.flush(now).await;
