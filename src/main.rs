@@ -45,7 +45,13 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo draws its own live status line: the gateway it runs logs only errors there
+    // (HITLESS_LOG still overrides).
+    init_tracing(if matches!(cli.command, Cmd::Demo(_)) {
+        "error"
+    } else {
+        "info"
+    });
     let res = match cli.command {
         Cmd::Run { config } => run(config),
         Cmd::CheckConfig { file } => check_config(&file),
@@ -63,9 +69,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
