@@ -308,13 +308,25 @@ fn low_bitrate_rule_and_operator_controls() {
     assert!(body.contains("sources: a, b, slate"), "{body}");
     let (code, _) = gw.post("/api/v1/channels/sw/stage", r#"{"stage":"soon"}"#);
     assert_eq!(code, 400);
-    // Disable closes the channel; enable brings it back.
+    // Disable closes the channel; enable brings it back, and its counters carry on.
+    let before = gw.channels()[0]["sources"][1]["packets"].as_u64().unwrap();
+    assert!(before > 0);
     let (code, _) = gw.post("/api/v1/channels/sw/disable", "");
     assert_eq!(code, 200);
-    assert_eq!(gw.channels()[0]["state"], "disabled");
+    let ch = &gw.channels()[0];
+    assert_eq!(ch["state"], "disabled");
+    assert!(
+        ch["sources"][1]["packets"].as_u64().unwrap() >= before,
+        "{ch}"
+    );
     let (code, body) = gw.post("/api/v1/channels/sw/enable", "");
     assert_eq!(code, 200, "{body}");
-    assert_eq!(gw.channels()[0]["state"], "running");
+    let ch = &gw.channels()[0];
+    assert_eq!(ch["state"], "running");
+    assert!(
+        ch["sources"][1]["packets"].as_u64().unwrap() >= before,
+        "counters went backwards: {ch}"
+    );
     let _ = (a.kill(), b.wait(), a.wait());
     gw.stop();
 }

@@ -140,6 +140,47 @@ pub struct OutputSnapshot {
 }
 
 impl ChannelSnapshot {
+    /// Add the counters of `prev` (an earlier run of the same channel) to these.
+    pub fn add_counters(&mut self, prev: &ChannelSnapshot) {
+        fn add_map(to: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
+            for (k, v) in from {
+                *to.entry(k).or_default() += v;
+            }
+        }
+        for (s, p) in self.sources.iter_mut().zip(&prev.sources) {
+            s.packets += p.packets;
+            s.bytes += p.bytes;
+            s.recovered += p.recovered;
+            s.duplicates += p.duplicates;
+            s.late += p.late;
+            add_map(&mut s.dropped, &p.dropped);
+            match (&mut s.tr101290, &p.tr101290) {
+                (Some(t), Some(f)) => add_map(t, f),
+                (None, Some(f)) => s.tr101290 = Some(f.clone()),
+                _ => {}
+            }
+        }
+        let (m, p) = (&mut self.merge, &prev.merge);
+        m.released += p.released;
+        m.unrecovered += p.unrecovered;
+        m.duplicates += p.duplicates;
+        m.late += p.late;
+        m.resyncs += p.resyncs;
+        m.overflow += p.overflow;
+        self.output.packets += prev.output.packets;
+        self.output.bytes += prev.output.bytes;
+        self.output.errors += prev.output.errors;
+        for (o, p) in self.outputs.iter_mut().zip(&prev.outputs) {
+            o.packets += p.packets;
+            o.bytes += p.bytes;
+            o.errors += p.errors;
+        }
+        add_map(&mut self.failovers, &prev.failovers);
+        if let Some(p) = prev.diverged {
+            *self.diverged.get_or_insert(0) += p;
+        }
+    }
+
     /// A channel that is not running: its configuration, zero counters.
     pub fn idle(cfg: &ChannelConfig, state: &'static str) -> ChannelSnapshot {
         ChannelSnapshot {
@@ -247,22 +288,25 @@ impl ChannelHandle {
 pub struct ChannelSlot {
     pub cfg: ChannelConfig,
     pub handle: Option<ChannelHandle>,
+    /// Counters of the channel's earlier runs (before a disable): added to every snapshot so
+    /// that exported counters never go backwards.
+    carried: Option<ChannelSnapshot>,
 }
 
 impl ChannelSlot {
     /// A fresh snapshot, or the configuration with zero counters while disabled.
     pub async fn snapshot(&self) -> ChannelSnapshot {
-        if let Some(h) = &self.handle
-            && let Some(s) = h.snapshot().await
-        {
-            return s;
-        }
-        let state = if self.handle.is_some() {
-            "stopped"
-        } else {
-            "disabled"
+        let mut s = match &self.handle {
+            Some(h) => match h.snapshot().await {
+                Some(s) => s,
+                None => ChannelSnapshot::idle(&self.cfg, "stopped"),
+            },
+            None => ChannelSnapshot::idle(&self.cfg, "disabled"),
         };
-        ChannelSnapshot::idle(&self.cfg, state)
+        if let Some(prev) = &self.carried {
+            s.add_counters(prev);
+        }
+        s
     }
 }
 
@@ -295,6 +339,7 @@ impl Gateway {
             gw.channels.push(ChannelSlot {
                 cfg: ch.clone(),
                 handle,
+                carried: None,
             });
         }
         Ok(gw)
@@ -334,6 +379,12 @@ impl Gateway {
             .find(|c| c.cfg.name == name)
             .ok_or_else(|| format!("no channel named {name:?}"))?;
         if let Some(h) = slot.handle.take() {
+            if let Some(last) = h.snapshot().await {
+                match &mut slot.carried {
+                    Some(c) => c.add_counters(&last),
+                    None => slot.carried = Some(last),
+                }
+            }
             let _ = h.tx.send(Command::Shutdown).await;
             let _ = tokio::task::spawn_blocking(move || h.join.join()).await;
             tracing::info!(channel = %name, "channel disabled by operator");
