@@ -84,8 +84,13 @@ impl SourcePsi {
     fn is_psi_pid(&self, pid: Pid) -> bool {
         pid == Pid(0) || self.programs.iter().any(|&(_, p)| p == pid)
     }
+    /// The PAT and at least one of its PMTs are known. Not all: a PAT may name a program whose
+    /// PMT is never carried, and waiting for it would keep the output silent for good; a PMT
+    /// still missing is passed on when it arrives on its PID.
     fn ready(&self) -> bool {
-        self.pat.is_some() && self.programs.iter().all(|(n, _)| self.pmts.contains_key(n))
+        self.pat.is_some()
+            && (self.programs.is_empty()
+                || self.programs.iter().any(|(n, _)| self.pmts.contains_key(n)))
     }
     /// Cache a complete section from `pid`; true when it is the PAT or a PMT.
     fn cache(&mut self, pid: Pid, s: &Section<'_>) -> bool {
@@ -847,6 +852,27 @@ mod tests {
         // PAT, PMT, then (PCR AF marked) video start, ...
         assert_eq!(&pids[..2], &[0, 0x1001]);
         assert!(pids.contains(&0x200));
+    }
+
+    #[test]
+    fn a_program_whose_pmt_never_comes_does_not_silence_the_output() {
+        // The PAT names programs 1 and 2; only program 1's PMT is ever carried.
+        let mut d = Vec::new();
+        let pat = build_pat(1, 0, &[(1, Pid(0x1000)), (2, Pid(0x1005))]);
+        psi::packetize(&pat, Pid(0), ContinuityCounter(0), &mut d);
+        let pmt = build_pmt(1, 0, Pid(0x100), &[(0x1b, Pid(0x100))]);
+        psi::packetize(&pmt, Pid(0x1000), ContinuityCounter(0), &mut d);
+        d.extend_from_slice(&es(0x100, 0, true, Some(27_000_000)));
+        d.extend_from_slice(&es(0x100, 1, false, None));
+        let mut s = Splicer::new();
+        let mut out = Vec::new();
+        s.switch_to(0);
+        s.push(0, &Bytes::from(d), &mut out);
+        let video = out
+            .iter()
+            .filter(|p| TsPacket::try_new(p).unwrap().pid() == Pid(0x100))
+            .count();
+        assert_eq!(video, 2, "the program that has a PMT plays");
     }
 
     #[test]
