@@ -5,100 +5,73 @@
 //!
 //! Sans-IO: no socket, no clock. Every entry point takes `now`; the glue moves the bytes.
 //!
-//! # What is aligned
-//! The unit is the 188-byte TS packet. Every packet gets a 64-bit *fingerprint* (a
-//! multiply-rotate hash over its 23½ eight-byte words, one pass, see [`fingerprint`]). The merger
-//! keeps one **timeline**: a doubly linked list of nodes in stream order, one per distinct packet
-//! position, in a slab allocated in [`ContentMerger::new`]. A node holds the fingerprint, the
-//! packet (a zero-copy `Bytes` slice of the first datagram that carried it), its PID and CC, its
-//! creation time, the legs that delivered it, an order *rank* (u64, so two nodes compare in O(1)
-//! although nodes are inserted in the middle) and a flag `cert`: "this node certainly follows
-//! its predecessor directly in the original stream".
+//! # Model: merging FIFO subsequences by identity
+//! Each leg delivers datagrams = runs of consecutive original TS packets, in original order
+//! (FIFO), with losses; packetisation may differ per leg. Every non-null packet gets a 64-bit
+//! [`fingerprint`]; within the window non-null packets are (nearly) unique, null packets
+//! (PID 0x1FFF) are all alike. The merged stream is kept as a doubly linked **list of non-null
+//! packets** (slab of `2 × capacity` nodes allocated in [`ContentMerger::new`], an order rank
+//! per node for O(1) comparisons, a fingerprint → node hash index with per-fingerprint chains).
+//! Null packets are not nodes: each link carries what is known of the nulls between its ends.
 //!
-//! The only certain adjacency information is the datagram: packets that arrive together in one
-//! datagram are consecutive in the original (a datagram is lost whole). Between two datagrams of
-//! one leg there is an unknown gap (zero or more lost packets). So a datagram is a **run**, and
-//! placing a run means choosing where its *first* packet goes; the rest follow with certainty:
-//! - packet `i+1` equals the next node: a duplicate copy, the cursor advances;
-//! - it differs and the link into the next node is uncertain: the timeline has a hole there (the
-//!   leg that created it lost a datagram): the packet is **inserted** into the hole;
-//! - it differs across a certain link: the run does not fit there.
+//! Each node also has a send-time estimate: its arrival minus the creating leg's path
+//! differential, refined inside the datagram by the leg's packet spacing. Legs' differentials
+//! are learnt from copies (EWMA).
 //!
-//! Each leg has a *cursor*: the last node it placed. A run is placed, in order of preference:
-//! 1. at the cursor's successor, when the whole run fits there (no loss on this leg: the O(1)
-//!    fast path of a trailing leg), or appended at the tail when the cursor is the tail (the
-//!    leading leg);
-//! 2. at the nearest node ahead of the cursor where the run fits and at least one *non-null*
-//!    packet matches (this leg lost the packets in between). A run may start with packets the
-//!    timeline lacks and continue with ones it has ("bridging"): the new prefix is inserted right
-//!    before the matched node, which must be behind an uncertain link;
-//! 3. otherwise the run is **pending**: it is new to the timeline but not at its end, so it fills
-//!    a hole somewhere after the cursor or lies beyond the tail. It waits (it cannot be output
-//!    before the cursor moves anyway) until a later run of the same leg is placed by rule 1 or 2
-//!    at node `m`; the pending runs then go, in order, into the holes between the cursor and `m`,
-//!    each into the hole whose neighbours' continuity counters it continues best (fewest packets
-//!    implied missing, nearest on ties). A pending run is also retried as the timeline grows (a
-//!    co-leading leg may deliver it a moment later), and appended when its leg is the only live
-//!    aligned leg.
-//!
-//! # How ambiguity is resolved
-//! Repeated content (null packets, all alike; repeated PSI; still pictures and silence whose
-//! packets repeat every 16 CCs) makes single fingerprints ambiguous. Null packets and identical
-//! repeats never anchor alone: a match away from the cursor needs a non-null packet matching, and
-//! the whole run must fit (every packet equal, or inserted only where the timeline has an
-//! uncertain link), which pins identical packets by their distinct neighbours. Among consistent
-//! placements the nearest wins: it implies the fewest packets lost on this leg, the most likely
-//! explanation under independent loss. An all-null run is placed only at the cursor's successor
-//! or left pending. A leg that is not aligned (at start, or after it stopped fitting) aligns
-//! only on a *unique* fit over the whole timeline with every packet matching.
+//! Each anchored leg has a *cursor*: the last node it delivered or inserted. For every
+//! non-null packet `X` of its datagram:
+//! - `X` is in the list after the cursor (same fingerprint, send time within
+//!   [`MATCH_TOLERANCE_NS`] or 4 × the leg's jitter; the nearest of repeated content): the
+//!   cursor moves to it. If the previous non-null packet of the same datagram was the cursor
+//!   and `X` is its list successor, the link is **certain** (exact null count recorded).
+//! - `X` is new: if the previous non-null of the same datagram is the cursor, it goes right
+//!   after it (certain). Otherwise it goes after the cursor and after every following node that
+//!   evidence puts before it: a certain link, the same PID with CC = `X.cc − 1`, an earlier
+//!   send-time estimate (by more than half a packet spacing). A node it would have to precede
+//!   that was already released makes it too late: dropped, counted.
+//! - `X` matches a node at or before the cursor: a copy the leg cannot deliver again (FIFO):
+//!   dropped, counted `unplaceable`.
 //!
 //! # Release
-//! The node after the last released one is released when (a) it certainly follows it (nothing
-//! can be inserted before it), or (b) every live aligned leg has placed a node at or after it (a
-//! leg that passed it without delivering it lost it; FIFO legs cannot deliver it later), or
-//! (c) the window has passed since the node was created. So the added latency is about the path
-//! differential, as in 2022-7 with loss; a single live leg adds none.
+//! The first unreleased node is output (after its null run) when (a) its link from the
+//! previous node is certain, or (b) every live, non-diverged leg is anchored with its cursor
+//! at or past it (a FIFO leg past it cannot insert before it any more; a leg still looking for
+//! its anchor is waited for), or (c) the window has passed since it was created. So the added
+//! latency is about the path differential when some leg loses packets; a single leg adds none.
 //!
-//! # Divergence, restart, jump
-//! A leg whose pending runs find no place for a whole window, or that never aligned, is not
-//! aligned; once it has been so for a window while another leg is live and aligned it is
-//! reported [`ContentEvent::Diverged`] (different encoders: the glue falls back to stream
-//! switching, [`ContentMerger::aligned`] is false). Its packets are never inserted while it is
-//! not aligned; it keeps trying to align and reports [`ContentEvent::Aligned`] when it does. A
-//! leg that re-aligns elsewhere after losing alignment, jumps ahead by more than
-//! [`JUMP_PACKETS`], or becomes the anchor because no aligned leg is live, is
-//! [`ContentEvent::Reanchored`].
+//! # Null packets (the only approximation)
+//! The null count between two released neighbours is exact when their link is certain (one
+//! datagram held both). Otherwise it is the largest *lower bound* known: the nulls some leg
+//! saw right after the first (datagram tail), right before the second (datagram head), or in
+//! between across consecutive datagrams of one leg whose cursor stayed on the first. Nulls are
+//! therefore never invented: a run split by a datagram boundary on every leg may come out
+//! shorter than the original. Nulls right after a released node are output at once.
+//!
+//! # Anchoring, divergence, jumps
+//! A leg that is not anchored (at start, after a divergence or a restart) buffers up to 64
+//! datagrams and anchors on [`ANCHOR_RUN`] consecutive non-null packets matching the list in
+//! order (the first with a unique fingerprint, the rest within the match tolerance of the
+//! differential it implies); its buffered datagrams are then replayed from the first match's
+//! datagram. A leg alone (no other live anchored leg) anchors at once at the end of the list.
+//! A leg not anchored for a window while another is live and anchored is
+//! [`ContentEvent::Diverged`] ([`ContentMerger::aligned`] false; its packets are never
+//! inserted) until it anchors again ([`ContentEvent::Aligned`]). Two anchored legs that both
+//! deliver but have not agreed (a copy either way) for a window: the one that agreed last
+//! stays, the other is unanchored (and so diverged). A copy more than [`JUMP_PACKETS`] packet
+//! slots ahead of the cursor is a jump ([`ContentEvent::Reanchored`]); as far behind, the leg
+//! is unanchored and re-anchors. Re-anchoring after having been anchored is also reported.
 //!
 //! # Cost and memory
-//! Per packet: one fingerprint (≈ 24 multiply-adds) and O(1) list work on the fast path (rules 1
-//! and release). Rules 2–3 walk the timeline from the cursor, O(distance) — they run once per
-//! datagram lost on some leg; hole choice looks at most [`CC_LOOK`] nodes each way. An unaligned
-//! leg costs O(timeline) per datagram (only at start and while diverged). Memory: a slab of
-//! `2 × capacity` nodes (`capacity` unreleased plus as much released history, so late copies
-//! still match), per-leg pending queues bounded by `capacity`, an output queue bounded by
-//! `capacity`, and a 8192-entry CC table. Nothing is allocated per packet in steady state.
+//! Per packet: one fingerprint, one hash lookup (a chain walk for repeated content, bounded),
+//! O(1) list work; a new packet after a loss walks the nodes this leg lost (O(gap)). Memory:
+//! the slab, the index, 64 buffered datagrams per unanchored leg, an output queue bounded by
+//! `4 × capacity`, a 8192-entry CC table; nothing is allocated per packet in steady state
+//! except the datagram scratch of unanchored legs.
 //!
-//! # Content assumption
-//! What a compliant encoder/muxer emits, and what the tests generate (`tests::stream`): within
-//! the timeline (2 × `capacity` packets) a non-null packet recurs exactly only if its PID has
-//! carried a multiple of 16 packets in between (the CC wraps): repeated PSI sections (PAT/PMT
-//! every ~100 ms, so an exact repeat every ~1.6 s), still-picture / silence payload (exact
-//! repeats 16 packets of that PID apart). PES headers carry a PTS and the PCR PID a PCR at least
-//! every 40 ms, so no stretch longer than that is made of repeats only. Null packets are all
-//! alike and may come in long stretches. An earlier test generator made still picture plus
-//! silence with no PTS/PCR for hundreds of packets, PAT/PMT every 40 packets (exact repeat every
-//! 640): every packet repeated within the window, which no encoder produces; it was replaced.
-//!
-//! # Status (work in progress)
-//! Target invariant (proptest `output_is_original_minus_packets_lost_everywhere`, 64 cases,
-//! 2–3 legs, loss 0–15 %, 1..7 packets per datagram, skew 0–60 ms): the output equals the
-//! original minus exactly the packets lost on every leg, in order, no duplicate, no diverged
-//! event. NOT met yet: on the realistic generator the output is not even a subsequence in some
-//! cases (a packet moved), the recovery test loses 94 unique + 614 repeated packets, the
-//! boundaries test 24 + 254, and `testdata/h264_aac.ts` looped (5 % loss, 30 ms skew) loses 527
-//! unique + 175 repeated (1350 `unplaceable`). Real streams are mostly unique, so the losses
-//! are the placement algorithm's (floating runs dropped mid-gap, cursors misplaced after a
-//! double loss), not the content's. These tests are `#[ignore]`d until fixed.
+//! # Status
+//! The proptest `output_is_original_minus_packets_lost_everywhere` and the divergence test
+//! are not met yet (see the tests); recovery, boundaries, real streams, jump, lost leader and
+//! single leg pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -109,10 +82,19 @@ use bytes::Bytes;
 use super::LegId;
 use crate::ts::{NULL_PID, PACKET_LEN};
 
-/// A match at least this many nodes ahead of a leg's cursor counts as a jump (re-anchor).
+/// A match at least this many packet slots (in time) ahead of or behind a leg's cursor counts
+/// as a jump (re-anchor).
 pub const JUMP_PACKETS: u64 = 1024;
-/// How far (nodes) hole choice looks for the neighbouring packet of the same PID.
-pub const CC_LOOK: usize = 256;
+/// Consecutive non-null packets matching the list in order that anchor a leg.
+pub const ANCHOR_RUN: u32 = 3;
+/// A copy matches a node when their send-time estimates differ by at most this (or 4 × the
+/// leg's measured jitter, if larger): repeated content (still pictures, silence) recurs
+/// further apart than that.
+pub const MATCH_TOLERANCE_NS: u64 = 1_000_000;
+/// Datagrams an unanchored leg keeps for replay once it anchors.
+const BUFFERED_DATAGRAMS: usize = 64;
+/// Nodes of one fingerprint looked at per lookup.
+const CHAIN_LOOK: usize = 512;
 const NIL: u32 = u32::MAX;
 /// No continuity counter (null packet, or no payload).
 const NO_CC: u8 = 0xff;
@@ -237,14 +219,16 @@ pub fn fingerprint(p: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// One TS packet of a run.
+/// One TS packet of a datagram.
 #[derive(Clone)]
 struct Pk {
     bytes: Bytes,
     fp: u64,
     pid: u16,
     cc: u8,
-    arrival_ns: u64,
+    /// Arrival of this packet's slot on its leg (ns): the datagram's arrival minus the packets
+    /// after it times the leg's packet spacing.
+    t: i64,
 }
 
 impl Pk {
@@ -254,19 +238,34 @@ impl Pk {
     }
 }
 
+/// One non-null packet of the merged list.
 struct Node {
     fp: u64,
     pkt: Option<Bytes>,
     prev: u32,
     next: u32,
+    /// Older / newer node with the same fingerprint (index chain).
+    same_prev: u32,
+    same_next: u32,
     rank: u64,
     created_ns: u64,
+    /// Send-time estimate (ns): arrival minus the creating leg's path differential.
+    est: i64,
     pid: u16,
     cc: u8,
-    /// Certainly follows `prev` directly in the original stream.
+    /// Certainly follows `prev` directly (some leg delivered both in one datagram).
     cert: bool,
+    /// Null packets between this node and `next`, exact when `next.cert`.
+    exact: u32,
+    /// Null packets seen right after / right before this node in some datagram (lower bounds).
+    tail: u32,
+    /// Lower bound on the null packets between this node and its current `next` (one leg
+    /// delivered both with that many nulls in between, across datagrams).
+    gap: u32,
+    /// Null packets already output after this node (it was released last).
+    emitted: u32,
+    head: u32,
     released: bool,
-    /// Linked in the timeline (false once evicted to the free list).
     in_list: bool,
     /// Legs that delivered it (bit per leg).
     legs: u32,
@@ -274,21 +273,36 @@ struct Node {
 }
 
 struct Leg {
-    aligned: bool,
-    /// Was aligned once and then lost it (a later alignment is a re-anchor).
-    lost_alignment: bool,
-    /// Last node placed (NIL: before the oldest node).
+    anchored: bool,
+    /// Was anchored once (a later anchoring is a re-anchor).
+    was_anchored: bool,
+    /// Last node this leg delivered or inserted (NIL: before the oldest node).
     cur: u32,
-    /// Packets of the last anchored run after an ambiguous link: certainly right after `cur`.
-    open: Vec<Pk>,
-    /// Runs without an anchor since, oldest first.
-    floats: VecDeque<Vec<Pk>>,
-    /// Arrival of the oldest unplaced packet (open or floating).
-    g_since: Option<u64>,
-    /// Not aligned since (ns); `None` while aligned.
+    /// Path differential (ns, relative to the node estimates), its jitter, packet spacing.
+    diff: f64,
+    jitter: f64,
+    spacing: f64,
+    last_arrival: Option<u64>,
+    /// Null packets delivered since the cursor (across datagrams).
+    carry: Option<u32>,
+    /// Last time this leg agreed with another (a match either way).
+    agree_ns: u64,
+    last_push_ns: u64,
     unaligned_since: Option<u64>,
     diverged: bool,
-    diff_ns: Option<f64>,
+    /// While not anchored: recent datagrams (sequence number, packets), replayed on anchoring.
+    buf: VecDeque<(u64, Vec<Pk>)>,
+    seq: u64,
+    streak: u32,
+    streak_last: u32,
+    streak_first: (u64, u32),
+    streak_diff: f64,
+}
+
+enum Found {
+    Ahead(u32),
+    Behind(u32),
+    New,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -312,21 +326,16 @@ pub struct ContentMerger {
     ready: VecDeque<Bytes>,
     events: VecDeque<ContentEvent>,
     out_cc: Box<[u8]>,
+    null_pkt: Option<Bytes>,
+    /// Null packets output before the first node.
+    lead_emitted: u32,
     /// Some node was ever created (a later anchor is a re-anchor).
     started: bool,
     aligned: bool,
-    /// Fingerprint → node, for every node in the timeline.
-    index: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    /// Fingerprint → newest node carrying it (older ones chained by `same_prev`).
+    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    scratch: Vec<Pk>,
     stats: ContentStats,
-}
-
-/// An index entry: how many timeline nodes carry a fingerprint.
-#[derive(Clone, Copy)]
-struct Entry {
-    node: u32,
-    count: u32,
-    /// Was carried by two nodes at once since it entered: never an anchor again while held.
-    multi: bool,
 }
 
 /// Fingerprints are hashes already.
@@ -348,7 +357,7 @@ impl Hasher for IdHasher {
 }
 
 impl ContentMerger {
-    /// Allocate the timeline slab, the queues and the scratch buffers.
+    /// Allocate the node slab, the index, the queues and the scratch buffers.
     pub fn new(cfg: ContentConfig) -> ContentMerger {
         let cap = cfg.capacity.clamp(MIN_CAPACITY, MAX_CAPACITY);
         let n = 2 * cap;
@@ -363,11 +372,19 @@ impl ContentMerger {
                     pkt: None,
                     prev: NIL,
                     next: NIL,
+                    same_prev: NIL,
+                    same_next: NIL,
                     rank: 0,
                     created_ns: 0,
+                    est: 0,
                     pid: 0,
                     cc: NO_CC,
                     cert: false,
+                    exact: 0,
+                    tail: 0,
+                    gap: 0,
+                    emitted: 0,
+                    head: 0,
                     released: true,
                     in_list: false,
                     legs: 0,
@@ -382,23 +399,35 @@ impl ContentMerger {
             base: None,
             legs: (0..legs)
                 .map(|_| Leg {
-                    aligned: false,
-                    lost_alignment: false,
+                    anchored: false,
+                    was_anchored: false,
                     cur: NIL,
-                    open: Vec::with_capacity(8),
-                    floats: VecDeque::with_capacity(64),
-                    g_since: None,
+                    diff: 0.0,
+                    jitter: 0.0,
+                    spacing: 0.0,
+                    last_arrival: None,
+                    carry: None,
+                    agree_ns: 0,
+                    last_push_ns: 0,
                     unaligned_since: None,
                     diverged: false,
-                    diff_ns: None,
+                    buf: VecDeque::with_capacity(BUFFERED_DATAGRAMS),
+                    seq: 0,
+                    streak: 0,
+                    streak_last: NIL,
+                    streak_first: (0, NIL),
+                    streak_diff: 0.0,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
             events: VecDeque::with_capacity(EVENT_QUEUE),
             out_cc: vec![NO_CC; 8192].into_boxed_slice(),
+            null_pkt: None,
+            lead_emitted: 0,
             started: false,
             aligned: true,
             index: HashMap::with_capacity_and_hasher(2 * n, BuildHasherDefault::default()),
+            scratch: Vec::with_capacity(64),
             stats: ContentStats {
                 legs: vec![ContentLegStats::default(); legs],
                 ..Default::default()
@@ -423,8 +452,29 @@ impl ContentMerger {
             st.lost = false;
             self.emit(ContentEvent::LegBack { leg });
         }
-        let mut run = Vec::with_capacity(payload.len() / PACKET_LEN);
+        let count = payload.len() / PACKET_LEN;
+        // Packet spacing of this leg: time between datagrams over the packets of the later.
+        {
+            let l = &mut self.legs[li];
+            if let Some(last) = l.last_arrival
+                && now_ns > last
+                && count > 0
+            {
+                let s = (now_ns - last) as f64 / count as f64;
+                if l.spacing == 0.0 {
+                    l.spacing = s;
+                } else if s < 2.0 * l.spacing {
+                    l.spacing += (s - l.spacing) / 32.0;
+                }
+            }
+            l.last_arrival = Some(now_ns);
+            l.last_push_ns = now_ns;
+        }
+        let spacing = self.legs[li].spacing;
+        let mut run = std::mem::take(&mut self.scratch);
+        run.clear();
         let mut off = 0;
+        let mut k = 0usize;
         while off + PACKET_LEN <= payload.len() {
             let b = &payload[off..off + PACKET_LEN];
             if b[0] == crate::ts::SYNC_BYTE {
@@ -434,22 +484,36 @@ impl ContentMerger {
                 } else {
                     b[3] & 0x0f
                 };
+                let bytes = payload.slice(off..off + PACKET_LEN);
+                if pid == NULL_PID.0 && self.null_pkt.is_none() {
+                    self.null_pkt = Some(bytes.clone());
+                }
+                let back = (count - 1 - k) as f64 * spacing;
                 run.push(Pk {
-                    bytes: payload.slice(off..off + PACKET_LEN),
-                    fp: fingerprint(b),
+                    fp: if pid == NULL_PID.0 { 0 } else { fingerprint(b) },
+                    bytes,
                     pid,
                     cc,
-                    arrival_ns: now_ns,
+                    t: now_ns as i64 - back as i64,
                 });
             }
             off += PACKET_LEN;
+            k += 1;
         }
         self.stats.legs[li].packets += run.len() as u64;
         if !run.is_empty() {
-            self.place(now_ns, li, run);
+            if self.legs[li].anchored {
+                self.place(now_ns, li, &run);
+                self.scratch = run;
+            } else {
+                self.unanchored(now_ns, li, run);
+            }
+        } else {
+            self.scratch = run;
         }
         self.expire(now_ns);
         self.advance(now_ns);
+        self.update_differentials();
     }
 
     /// Next merged TS packet (188 bytes), in stream order, or `None`. Drain after every `push`
@@ -458,8 +522,8 @@ impl ContentMerger {
         self.ready.pop_front()
     }
 
-    /// When `handle_timeout` must be called next: a waiting position's window, a pending run's
-    /// window, a divergence deadline or a leg timeout, whichever is first.
+    /// When `handle_timeout` must be called next: a waiting node's window, a divergence
+    /// deadline or a leg timeout, whichever is first.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let base = self.base?;
         let mut t: Option<u64> = None;
@@ -467,12 +531,12 @@ impl ContentMerger {
         if self.out != NIL {
             min(self.nodes[self.out as usize].created_ns + self.window_ns);
         }
-        for l in &self.legs {
-            if let Some(g) = l.g_since {
-                min(g + self.window_ns);
-            }
+        for (i, l) in self.legs.iter().enumerate() {
             if let Some(s) = l.unaligned_since
                 && !l.diverged
+                && !l.anchored
+                && !self.stats.legs[i].lost
+                && self.other_live_anchored(i)
             {
                 min(s + self.window_ns);
             }
@@ -486,8 +550,8 @@ impl ContentMerger {
         at
     }
 
-    /// Process everything due at `now`: lost legs, expired pending runs, divergence, positions
-    /// whose window passed. Harmless to call early or often.
+    /// Process everything due at `now`: lost legs, divergence, nodes whose window passed.
+    /// Harmless to call early or often.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(base) = self.base else {
             return;
@@ -502,6 +566,10 @@ impl ContentMerger {
             if due.is_some_and(|d| now >= d) {
                 st.lost = true;
                 self.emit(ContentEvent::LegLost { leg: LegId(i) });
+                // It re-anchors when it comes back.
+                self.unanchor(i, now_ns);
+                self.legs[i].unaligned_since = None;
+                self.update_aligned();
             }
         }
         self.expire(now_ns);
@@ -521,7 +589,7 @@ impl ContentMerger {
         &self.stats
     }
 
-    // ---- timeline primitives ----
+    // ---- list primitives ----
 
     #[inline]
     fn next_of(&self, cur: u32) -> u32 {
@@ -541,11 +609,15 @@ impl ContentMerger {
         }
     }
 
-    fn live_aligned(&self, li: usize) -> bool {
-        self.legs[li].aligned && !self.stats.legs[li].lost
+    fn other_live_anchored(&self, li: usize) -> bool {
+        (0..self.legs.len()).any(|j| j != li && self.legs[j].anchored && !self.stats.legs[j].lost)
     }
 
-    fn alloc(&mut self, now_ns: u64) -> u32 {
+    fn tolerance(&self, li: usize) -> i64 {
+        (MATCH_TOLERANCE_NS as f64).max(4.0 * self.legs[li].jitter) as i64
+    }
+
+    fn alloc(&mut self) -> u32 {
         if self.unreleased >= self.cap && self.out != NIL {
             // Forced out: the caller's capacity is too small for the window.
             self.stats.overflow += 1;
@@ -554,7 +626,6 @@ impl ContentMerger {
         if self.free.is_empty() {
             self.evict_oldest();
         }
-        let _ = now_ns;
         self.free.pop().unwrap_or(NIL)
     }
 
@@ -576,19 +647,12 @@ impl ContentMerger {
         }
         for l in 0..self.legs.len() {
             if self.legs[l].cur == x {
-                // This leg is more than the whole history behind: it must re-align.
-                self.legs[l].cur = NIL;
-                self.unalign(l, self.nodes[x as usize].created_ns);
+                // More than the whole history behind: it must re-anchor.
+                let since = self.nodes[x as usize].created_ns;
+                self.unanchor(l, since);
             }
         }
-        let fp = self.nodes[x as usize].fp;
-        if let std::collections::hash_map::Entry::Occupied(mut e) = self.index.entry(fp) {
-            let v = e.get_mut();
-            v.count -= 1;
-            if v.count == 0 {
-                e.remove();
-            }
-        }
+        self.unindex(x);
         let n = &mut self.nodes[x as usize];
         n.pkt = None;
         n.next = NIL;
@@ -596,37 +660,62 @@ impl ContentMerger {
         self.free.push(x);
     }
 
-    /// Link a fresh node after `after` (NIL: at the front). Returns its index.
-    fn link_after(&mut self, now_ns: u64, after: u32, pk: &Pk, li: usize, cert: bool) -> u32 {
-        let x = self.alloc(now_ns);
+    fn unindex(&mut self, x: u32) {
+        let (fp, sp, sn) = {
+            let n = &self.nodes[x as usize];
+            (n.fp, n.same_prev, n.same_next)
+        };
+        if sn != NIL {
+            self.nodes[sn as usize].same_prev = sp;
+        } else if sp != NIL {
+            self.index.insert(fp, sp);
+        } else {
+            self.index.remove(&fp);
+        }
+        if sp != NIL {
+            self.nodes[sp as usize].same_next = sn;
+        }
+    }
+
+    /// Link a fresh node for `pk` after `after` (NIL: at the front). Returns its index.
+    fn link_after(&mut self, now_ns: u64, after: u32, pk: &Pk, est: i64, li: usize) -> u32 {
+        let x = self.alloc();
         // `alloc` may have evicted `after`.
         let after = if after != NIL && !self.nodes[after as usize].in_list {
             NIL
         } else {
             after
         };
-        let next = if after == NIL {
-            self.oldest
-        } else {
-            self.nodes[after as usize].next
-        };
+        let next = self.next_of(after);
         let lo = self.rank_of(after);
         let hi = if next == NIL {
             lo + RANK_STEP
         } else {
             self.nodes[next as usize].rank
         };
+        let same = self.index.insert(pk.fp, x).unwrap_or(NIL);
+        if same != NIL {
+            self.nodes[same as usize].same_next = x;
+        }
         {
             let n = &mut self.nodes[x as usize];
             n.fp = pk.fp;
             n.pkt = Some(pk.bytes.clone());
             n.prev = after;
             n.next = next;
+            n.same_prev = same;
+            n.same_next = NIL;
             n.rank = lo + (hi - lo) / 2;
             n.created_ns = now_ns;
+            n.est = est;
             n.pid = pk.pid;
             n.cc = pk.cc;
-            n.cert = cert;
+            n.cert = false;
+            n.exact = 0;
+            n.tail = 0;
+            n.gap = 0;
+            n.emitted = 0;
+            n.head = 0;
             n.released = false;
             n.in_list = true;
             n.legs = 1 << li;
@@ -636,24 +725,20 @@ impl ContentMerger {
             self.oldest = x;
         } else {
             self.nodes[after as usize].next = x;
+            self.nodes[after as usize].gap = 0;
         }
         if next == NIL {
             self.tail = x;
         } else {
             self.nodes[next as usize].prev = x;
+            // Whatever was known about `after → next` no longer holds.
+            self.nodes[next as usize].cert = false;
         }
-        if next == self.out {
+        if next == self.out || self.out == NIL {
             self.out = x;
         }
         self.unreleased += 1;
         self.started = true;
-        let e = self.index.entry(pk.fp).or_insert(Entry {
-            node: x,
-            count: 0,
-            multi: false,
-        });
-        e.count += 1;
-        e.multi |= e.count > 1;
         if hi - lo < 2 || lo + (hi - lo) / 2 > RANK_LIMIT {
             self.renumber();
         }
@@ -670,12 +755,510 @@ impl ContentMerger {
         }
     }
 
+    /// The node carrying `fp` that a packet with send-time estimate `est` is a copy of: within
+    /// the match tolerance, nearest in time, after `after` (`Ahead`) or not (`Behind`).
+    fn find(&self, fp: u64, after: u32, est: i64, tol: i64) -> Found {
+        let Some(&h) = self.index.get(&fp) else {
+            return Found::New;
+        };
+        let after_rank = self.rank_of(after);
+        let mut x = h;
+        let (mut best, mut best_d) = (NIL, i64::MAX);
+        let mut behind = NIL;
+        let mut steps = 0;
+        while x != NIL && steps < CHAIN_LOOK {
+            let n = &self.nodes[x as usize];
+            let d = (n.est - est).abs();
+            if d <= tol {
+                if n.rank > after_rank {
+                    if d < best_d {
+                        best = x;
+                        best_d = d;
+                    }
+                } else if behind == NIL {
+                    behind = x;
+                }
+            }
+            x = n.same_prev;
+            steps += 1;
+        }
+        if best != NIL {
+            Found::Ahead(best)
+        } else if behind != NIL {
+            Found::Behind(behind)
+        } else {
+            Found::New
+        }
+    }
+
+    // ---- placement ----
+
+    /// Walk the datagram of an anchored leg: copies move the cursor, new packets are inserted
+    /// after it (or after the nodes it is known to have lost).
+    fn place(&mut self, now_ns: u64, li: usize, run: &[Pk]) {
+        let bit = 1u32 << li;
+        let tol = self.tolerance(li);
+        let mut prev_nn = NIL;
+        let mut nulls = 0u32;
+        let mut first = true;
+        for p in run {
+            if !self.legs[li].anchored {
+                self.stats.legs[li].dropped += 1;
+                continue;
+            }
+            if p.is_null() {
+                nulls += 1;
+                continue;
+            }
+            let diff = self.legs[li].diff;
+            let est = p.t - diff as i64;
+            let cur = self.legs[li].cur;
+            let certain = prev_nn != NIL && prev_nn == cur;
+            match self.find(p.fp, cur, est, tol) {
+                Found::Ahead(m) => {
+                    if certain {
+                        if self.nodes[cur as usize].next == m {
+                            self.nodes[m as usize].cert = true;
+                            self.nodes[cur as usize].exact = nulls;
+                        } else {
+                            self.stats.unplaceable += 1;
+                        }
+                    } else {
+                        let h = &mut self.nodes[m as usize].head;
+                        *h = (*h).max(nulls);
+                        // A jump: far ahead of the cursor.
+                        if cur != NIL {
+                            let gap = self.nodes[m as usize].est - self.nodes[cur as usize].est;
+                            if gap as f64 > JUMP_PACKETS as f64 * self.legs[li].spacing.max(1.0) {
+                                self.stats.reanchors += 1;
+                                self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+                            }
+                        }
+                    }
+                    self.copy(now_ns, li, m, p.t);
+                    self.legs[li].cur = m;
+                    prev_nn = m;
+                }
+                Found::Behind(m) => {
+                    // Already passed: a copy this leg cannot deliver again (FIFO).
+                    self.stats.legs[li].dropped += 1;
+                    self.legs[li].carry = None;
+                    first = false;
+                    self.stats.unplaceable += 1;
+                    if cur != NIL {
+                        let gap = self.nodes[cur as usize].est - self.nodes[m as usize].est;
+                        if gap as f64 > JUMP_PACKETS as f64 * self.legs[li].spacing.max(1.0) {
+                            // Jumped back (restart): re-anchor from the replayed datagram on.
+                            self.unanchor(li, now_ns);
+                            self.legs[li].unaligned_since = Some(now_ns);
+                            continue;
+                        }
+                    }
+                    prev_nn = NIL;
+                }
+                Found::New => {
+                    let at = if certain {
+                        cur
+                    } else {
+                        match self.slot(li, cur, p, est, bit) {
+                            Some(a) => a,
+                            None => {
+                                self.stats.legs[li].dropped += 1;
+                                self.legs[li].carry = None;
+                                first = false;
+                                prev_nn = NIL;
+                                nulls = 0;
+                                continue;
+                            }
+                        }
+                    };
+                    let x = self.link_after(now_ns, at, p, est, li);
+                    if certain && self.nodes[x as usize].prev == cur {
+                        self.nodes[x as usize].cert = true;
+                        self.nodes[cur as usize].exact = nulls;
+                    } else {
+                        self.nodes[x as usize].head = nulls;
+                    }
+                    self.legs[li].cur = x;
+                    prev_nn = x;
+                }
+            }
+            if first {
+                // Nulls since the cursor, across this leg's earlier datagrams.
+                if let Some(c) = self.legs[li].carry
+                    && cur != NIL
+                    && prev_nn != NIL
+                    && self.nodes[cur as usize].next == prev_nn
+                    && !self.nodes[prev_nn as usize].cert
+                {
+                    let g = &mut self.nodes[cur as usize].gap;
+                    *g = (*g).max(c + nulls);
+                }
+                first = false;
+            }
+            nulls = 0;
+        }
+        if prev_nn != NIL && prev_nn == self.legs[li].cur {
+            let t = &mut self.nodes[prev_nn as usize].tail;
+            *t = (*t).max(nulls);
+            let t = *t;
+            self.legs[li].carry = Some(nulls);
+            self.emit_after(prev_nn, t);
+        } else if prev_nn == NIL && first {
+            if let Some(c) = &mut self.legs[li].carry {
+                *c += nulls;
+            }
+        } else {
+            self.legs[li].carry = None;
+        }
+        // Alone (every other leg lost or diverged) at the end of the list: the nulls since the
+        // cursor follow it directly.
+        let cur = self.legs[li].cur;
+        if let Some(c) = self.legs[li].carry
+            && cur == self.tail
+            && (0..self.legs.len())
+                .all(|j| j == li || self.stats.legs[j].lost || self.legs[j].diverged)
+        {
+            if cur == NIL {
+                if c > self.lead_emitted {
+                    let extra = c - self.lead_emitted;
+                    self.lead_emitted = c;
+                    self.output_nulls(extra);
+                }
+            } else {
+                self.emit_after(cur, c);
+            }
+        }
+    }
+
+    /// Where a new packet that does not certainly follow the cursor goes: after the cursor and
+    /// after every node that evidence puts before it (a certain link, the same PID with an
+    /// earlier CC, an earlier send time). `None`: it belongs before a released node (too late).
+    fn slot(&self, li: usize, cur: u32, p: &Pk, est: i64, bit: u32) -> Option<u32> {
+        let half = (self.legs[li].spacing / 2.0) as i64;
+        let mut a = cur;
+        loop {
+            let n = self.next_of(a);
+            if n == NIL {
+                return Some(a);
+            }
+            let nd = &self.nodes[n as usize];
+            let before = if nd.cert {
+                true
+            } else if nd.legs & bit != 0 {
+                false
+            } else if nd.pid == p.pid && nd.cc != NO_CC && p.cc != NO_CC && nd.cc != p.cc {
+                // Only the direct neighbours are certain: 16 CCs span a few ms of a PID.
+                match p.cc.wrapping_sub(nd.cc) & 0x0f {
+                    1 => true,
+                    15 => false,
+                    _ => nd.est < est - half,
+                }
+            } else {
+                nd.est < est - half
+            };
+            if before {
+                a = n;
+            } else if nd.released {
+                return None;
+            } else {
+                return Some(a);
+            }
+        }
+    }
+
+    /// `li` delivered a copy of node `m`, its slot at `t`.
+    fn copy(&mut self, now_ns: u64, li: usize, m: u32, t: i64) {
+        self.stats.legs[li].duplicates += 1;
+        self.stats.duplicates += 1;
+        let bit = 1u32 << li;
+        let (est, creator, legs) = {
+            let n = &mut self.nodes[m as usize];
+            let legs = n.legs;
+            n.legs |= bit;
+            (n.est, n.creator as usize, legs)
+        };
+        if legs & bit == 0 {
+            let l = &mut self.legs[li];
+            let sample = (t - est) as f64;
+            let dev = sample - l.diff;
+            l.diff += dev / 16.0;
+            l.jitter += (dev.abs() - l.jitter) / 16.0;
+            l.agree_ns = now_ns;
+            if creator != li {
+                self.legs[creator].agree_ns = now_ns;
+            }
+        }
+    }
+
+    /// A datagram of a leg that is not anchored: buffered while it looks for a run of
+    /// [`ANCHOR_RUN`] non-null packets matching the list in order (the first one unique), then
+    /// anchored and replayed. Alone (no other live anchored leg) it anchors at once.
+    fn unanchored(&mut self, now_ns: u64, li: usize, run: Vec<Pk>) {
+        if !self.other_live_anchored(li) {
+            if self.started {
+                self.stats.reanchors += 1;
+                self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+            }
+            let dropped: u64 = self.legs[li]
+                .buf
+                .drain(..)
+                .map(|(_, r)| r.len() as u64)
+                .sum();
+            self.stats.legs[li].dropped += dropped;
+            // Carry the list's time base on: its tail was sent a little before this datagram.
+            if self.tail != NIL {
+                let l = &self.legs[li];
+                let t0 = run[0].t - l.spacing as i64;
+                self.legs[li].diff = (t0 - self.nodes[self.tail as usize].est) as f64;
+            } else if !self.legs[li].was_anchored {
+                self.legs[li].diff = 0.0;
+            }
+            let tail = self.tail;
+            self.set_anchored(now_ns, li, tail);
+            self.place(now_ns, li, &run);
+            self.scratch = run;
+            return;
+        }
+        self.legs[li].unaligned_since.get_or_insert(now_ns);
+        let seq = self.legs[li].seq;
+        self.legs[li].seq += 1;
+        let mut anchor = false;
+        for p in run.iter().filter(|p| !p.is_null()) {
+            let l = &self.legs[li];
+            if l.streak > 0 && self.nodes[l.streak_last as usize].in_list {
+                let est = p.t - l.streak_diff as i64;
+                match self.find(p.fp, l.streak_last, est, self.tolerance(li)) {
+                    Found::Ahead(m) => {
+                        let l = &mut self.legs[li];
+                        l.streak += 1;
+                        l.streak_last = m;
+                    }
+                    _ => self.legs[li].streak = 0,
+                }
+            } else {
+                self.legs[li].streak = 0;
+            }
+            if self.legs[li].streak == 0
+                && let Some(&m) = self.index.get(&p.fp)
+            {
+                let n = &self.nodes[m as usize];
+                if n.same_prev == NIL && n.same_next == NIL {
+                    let l = &mut self.legs[li];
+                    l.streak = 1;
+                    l.streak_last = m;
+                    l.streak_first = (seq, m);
+                    l.streak_diff = (p.t - n.est) as f64;
+                }
+            }
+            if self.legs[li].streak >= ANCHOR_RUN {
+                anchor = true;
+                break;
+            }
+        }
+        let l = &mut self.legs[li];
+        l.buf.push_back((seq, run));
+        let mut dropped = 0;
+        while l.buf.len() > BUFFERED_DATAGRAMS
+            || l.buf.front().is_some_and(|(s, r)| {
+                !anchor
+                    && r.last()
+                        .is_some_and(|p| p.t + (self.window_ns as i64) < now_ns as i64)
+                    || anchor && *s < l.streak_first.0
+            })
+        {
+            if let Some((_, r)) = l.buf.pop_front() {
+                dropped += r.len() as u64;
+            }
+        }
+        self.stats.legs[li].dropped += dropped;
+        if !anchor {
+            return;
+        }
+        let l = &mut self.legs[li];
+        l.streak = 0;
+        l.diff = l.streak_diff;
+        l.jitter = 0.0;
+        let first = l.streak_first.1;
+        let was = l.was_anchored;
+        if was {
+            self.stats.reanchors += 1;
+            self.emit(ContentEvent::Reanchored { leg: LegId(li) });
+        }
+        let cur = if self.nodes[first as usize].in_list {
+            self.nodes[first as usize].prev
+        } else if self.out != NIL {
+            self.nodes[self.out as usize].prev
+        } else {
+            self.tail
+        };
+        self.set_anchored(now_ns, li, cur);
+        let buf = std::mem::take(&mut self.legs[li].buf);
+        for (_, r) in &buf {
+            self.place(now_ns, li, r);
+        }
+        let mut buf = buf;
+        buf.clear();
+        self.legs[li].buf = buf;
+    }
+
+    fn set_anchored(&mut self, now_ns: u64, li: usize, cur: u32) {
+        let l = &mut self.legs[li];
+        l.anchored = true;
+        l.was_anchored = true;
+        l.cur = cur;
+        l.carry = if cur == NIL && self.tail == NIL {
+            Some(0)
+        } else {
+            None
+        };
+        l.agree_ns = now_ns;
+        l.unaligned_since = None;
+        l.streak = 0;
+        self.stats.legs[li].aligned = true;
+        if l.diverged {
+            l.diverged = false;
+            self.update_aligned();
+        }
+    }
+
+    fn unanchor(&mut self, li: usize, since_ns: u64) {
+        let l = &mut self.legs[li];
+        if l.anchored {
+            l.anchored = false;
+            l.cur = NIL;
+            l.streak = 0;
+            l.unaligned_since = Some(since_ns);
+            self.stats.legs[li].aligned = false;
+        }
+    }
+
+    fn update_aligned(&mut self) {
+        let now = !self
+            .legs
+            .iter()
+            .enumerate()
+            .any(|(i, l)| l.diverged && !self.stats.legs[i].lost);
+        if now && !self.aligned {
+            self.emit(ContentEvent::Aligned);
+        }
+        self.aligned = now;
+    }
+
+    /// Divergence: an anchored leg that has not agreed with any other for a window while both
+    /// deliver is unanchored; a leg unanchored for a window while another is anchored is
+    /// reported diverged.
+    fn expire(&mut self, now_ns: u64) {
+        let w = self.window_ns;
+        let active = |s: &Self, i: usize| {
+            s.legs[i].anchored && !s.stats.legs[i].lost && now_ns < s.legs[i].last_push_ns + w / 2
+        };
+        let act: Vec<usize> = (0..self.legs.len()).filter(|&i| active(self, i)).collect();
+        if act.len() >= 2 {
+            let stale: Vec<usize> = act
+                .iter()
+                .copied()
+                .filter(|&i| now_ns >= self.legs[i].agree_ns + w)
+                .collect();
+            let keep = if stale.len() == act.len() {
+                // Nobody agrees: the leg that agreed last (lowest index on ties) stays.
+                act.iter()
+                    .copied()
+                    .max_by_key(|&i| (self.legs[i].agree_ns, usize::MAX - i))
+            } else {
+                None
+            };
+            for i in stale {
+                if Some(i) != keep {
+                    let since = self.legs[i].agree_ns;
+                    self.unanchor(i, since);
+                }
+            }
+        }
+        for li in 0..self.legs.len() {
+            let l = &self.legs[li];
+            if !l.anchored
+                && !l.diverged
+                && !self.stats.legs[li].lost
+                && l.unaligned_since.is_some_and(|s| now_ns >= s + w)
+                && self.other_live_anchored(li)
+            {
+                self.legs[li].diverged = true;
+                self.stats.diverged_events += 1;
+                self.emit(ContentEvent::Diverged { leg: LegId(li) });
+                self.aligned = false;
+            }
+        }
+    }
+
+    fn update_differentials(&mut self) {
+        let min = self
+            .legs
+            .iter()
+            .filter(|l| l.anchored)
+            .map(|l| l.diff)
+            .fold(f64::INFINITY, f64::min);
+        for (l, st) in self.legs.iter().zip(self.stats.legs.iter_mut()) {
+            if l.anchored && min.is_finite() {
+                st.path_differential = Duration::from_nanos((l.diff - min).max(0.0) as u64);
+            }
+        }
+    }
+
+    // ---- release ----
+
+    /// Every leg that may still insert before `rank` has passed it (lost and diverged legs
+    /// are not waited for; a leg still looking for its anchor is).
+    fn all_past(&self, rank: u64) -> bool {
+        (0..self.legs.len()).all(|i| {
+            let l = &self.legs[i];
+            self.stats.legs[i].lost || l.diverged || (l.anchored && self.rank_of(l.cur) >= rank)
+        })
+    }
+
+    fn advance(&mut self, now_ns: u64) {
+        while self.out != NIL {
+            let n = &self.nodes[self.out as usize];
+            let ok = n.cert || now_ns >= n.created_ns + self.window_ns || self.all_past(n.rank);
+            if !ok {
+                break;
+            }
+            self.release_one();
+        }
+    }
+
     fn release_one(&mut self) {
         let x = self.out;
         if x == NIL {
             return;
         }
-        let passed_mask = self.passed_mask(self.nodes[x as usize].rank);
+        let rank = self.nodes[x as usize].rank;
+        let passed = (0..self.legs.len()).fold(0u32, |m, i| {
+            let l = &self.legs[i];
+            if l.anchored && !self.stats.legs[i].lost && self.rank_of(l.cur) > rank {
+                m | 1 << i
+            } else {
+                m
+            }
+        });
+        let prev = self.nodes[x as usize].prev;
+        let nulls = {
+            let n = &self.nodes[x as usize];
+            if prev == NIL {
+                n.head
+            } else if n.cert {
+                self.nodes[prev as usize].exact
+            } else {
+                let p = &self.nodes[prev as usize];
+                p.tail.max(p.gap).max(n.head)
+            }
+        };
+        let nulls = nulls.saturating_sub(if prev == NIL {
+            self.lead_emitted
+        } else {
+            self.nodes[prev as usize].emitted
+        });
+        self.output_nulls(nulls);
         let n = &mut self.nodes[x as usize];
         n.released = true;
         self.unreleased -= 1;
@@ -695,42 +1278,44 @@ impl ContentMerger {
                 }
                 self.out_cc[pid as usize] = cc;
             }
-            if legs.count_ones() == 1 && passed_mask & !legs != 0 {
+            if legs.count_ones() == 1 && passed & !legs != 0 {
                 self.stats.legs[creator].recovered += 1;
             }
-            if self.ready.len() >= self.cap {
-                self.ready.pop_front();
-                self.stats.overflow += 1;
-            }
-            self.ready.push_back(p);
-            self.stats.output += 1;
+            self.output(p);
         }
         self.out = next;
+        // The nulls seen right after it follow it directly: nothing can come between.
+        let t = self.nodes[x as usize].tail;
+        self.nodes[x as usize].emitted = t;
+        self.output_nulls(t);
     }
 
-    /// Live aligned legs whose cursor is strictly past `rank`.
-    fn passed_mask(&self, rank: u64) -> u32 {
-        let mut m = 0;
-        for (i, l) in self.legs.iter().enumerate() {
-            if self.live_aligned(i) && l.cur != NIL && self.nodes[l.cur as usize].rank > rank {
-                m |= 1 << i;
+    fn output_nulls(&mut self, k: u32) {
+        if let Some(np) = self.null_pkt.clone() {
+            for _ in 0..k {
+                self.output(np.clone());
             }
         }
-        m
     }
 
-    fn advance(&mut self, now_ns: u64) {
-        while self.out != NIL {
-            let n = &self.nodes[self.out as usize];
-            let ok = n.cert
-                || now_ns >= n.created_ns + self.window_ns
-                || (0..self.legs.len())
-                    .all(|i| !self.live_aligned(i) || self.rank_of(self.legs[i].cur) >= n.rank);
-            if !ok {
-                break;
-            }
-            self.release_one();
+    /// Nulls after the last released node `x` (which has no released successor) known to
+    /// follow it directly (`k`): output what was not yet.
+    fn emit_after(&mut self, x: u32, k: u32) {
+        let n = &self.nodes[x as usize];
+        if n.released && k > n.emitted && (n.next == NIL || !self.nodes[n.next as usize].released) {
+            let extra = k - self.nodes[x as usize].emitted;
+            self.nodes[x as usize].emitted = k;
+            self.output_nulls(extra);
         }
+    }
+
+    fn output(&mut self, p: Bytes) {
+        if self.ready.len() >= 4 * self.cap {
+            self.ready.pop_front();
+            self.stats.overflow += 1;
+        }
+        self.ready.push_back(p);
+        self.stats.output += 1;
     }
 
     fn emit(&mut self, ev: ContentEvent) {
@@ -738,495 +1323,6 @@ impl ContentMerger {
             self.events.push_back(ev);
         } else {
             self.stats.events_dropped += 1;
-        }
-    }
-
-    fn unalign(&mut self, li: usize, since_ns: u64) {
-        let l = &mut self.legs[li];
-        if l.aligned {
-            l.aligned = false;
-            l.lost_alignment = true;
-            l.unaligned_since = Some(since_ns);
-            self.stats.legs[li].aligned = false;
-        }
-    }
-
-    // ---- placement ----
-
-    /// The node `fp` anchors on: a non-null packet whose fingerprint occurs exactly once in the
-    /// timeline (and never twice since it entered it).
-    #[inline]
-    fn anchor_node(&self, p: &Pk) -> Option<u32> {
-        if p.is_null() {
-            return None;
-        }
-        match self.index.get(&p.fp) {
-            Some(e) if e.count == 1 && !e.multi => Some(e.node),
-            _ => None,
-        }
-    }
-
-    fn other_live_aligned(&self, li: usize) -> bool {
-        (0..self.legs.len()).any(|i| i != li && self.live_aligned(i))
-    }
-
-    /// Insert `pk` right after `after` (NIL: at the front). `cert`: it certainly follows
-    /// `after`; `cert_next`: the node after it certainly follows it. Too late (the node after
-    /// it was already released): dropped, `None`.
-    fn insert(
-        &mut self,
-        now_ns: u64,
-        li: usize,
-        after: u32,
-        pk: &Pk,
-        cert: bool,
-        cert_next: bool,
-    ) -> Option<u32> {
-        let next = self.next_of(after);
-        if next != NIL && self.nodes[next as usize].released {
-            self.stats.legs[li].dropped += 1;
-            return None;
-        }
-        let x = self.link_after(now_ns, after, pk, li, cert);
-        let nx = self.nodes[x as usize].next;
-        if cert_next && nx != NIL {
-            self.nodes[nx as usize].cert = true;
-        }
-        Some(x)
-    }
-
-    fn drop_pkts(&mut self, li: usize, n: usize) {
-        self.stats.legs[li].dropped += n as u64;
-        self.stats.unplaceable += n as u64;
-    }
-
-    fn clear_gap(&mut self, li: usize, drop: bool) {
-        let l = &mut self.legs[li];
-        let n = l.open.len() + l.floats.iter().map(Vec::len).sum::<usize>();
-        l.open.clear();
-        l.floats.clear();
-        l.g_since = None;
-        if drop {
-            self.drop_pkts(li, n);
-        }
-    }
-
-    /// Place one datagram of leg `li`.
-    fn place(&mut self, now_ns: u64, li: usize, run: Vec<Pk>) {
-        let arrival = run[0].arrival_ns;
-        if !self.legs[li].aligned {
-            let found = run
-                .iter()
-                .enumerate()
-                .find_map(|(k, p)| self.anchor_node(p).map(|m| (k, m)));
-            match found {
-                Some((k, m)) => {
-                    let was = self.legs[li].lost_alignment;
-                    self.set_aligned(li);
-                    if was {
-                        self.stats.reanchors += 1;
-                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-                    }
-                    self.clear_gap(li, true);
-                    self.legs[li].cur = self.nodes[m as usize].prev;
-                    self.place_anchored(now_ns, li, &run, k, m, true);
-                }
-                None if !self.other_live_aligned(li) => {
-                    // Nobody to agree with: this leg carries the timeline from its tail.
-                    if self.started {
-                        self.stats.reanchors += 1;
-                        self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-                    }
-                    self.set_aligned(li);
-                    self.clear_gap(li, true);
-                    self.legs[li].cur = self.tail;
-                    self.append(now_ns, li, &run);
-                }
-                None => {
-                    self.legs[li].unaligned_since.get_or_insert(arrival);
-                    self.stats.legs[li].dropped += run.len() as u64;
-                }
-            }
-            return;
-        }
-        let cur_rank = self.rank_of(self.legs[li].cur);
-        let found = run.iter().enumerate().find_map(|(k, p)| {
-            self.anchor_node(p)
-                .filter(|&m| self.nodes[m as usize].rank > cur_rank)
-                .map(|m| (k, m))
-        });
-        if let Some((k, m)) = found {
-            self.place_anchored(now_ns, li, &run, k, m, false);
-            return;
-        }
-        let l = &self.legs[li];
-        if l.cur == self.tail && l.open.is_empty() && l.floats.is_empty() {
-            self.append(now_ns, li, &run);
-            return;
-        }
-        self.legs[li].floats.push_back(run);
-        self.legs[li].g_since.get_or_insert(arrival);
-        if self.gap_reaches_tail(li) {
-            // Caught up with the end of the timeline (or alone): everything after the cursor
-            // is accounted for by this leg's unplaced packets.
-            self.resolve(now_ns, li, NIL, &[]);
-        }
-    }
-
-    /// Append a run at the tail (the first link uncertain: this leg may have lost packets).
-    fn append(&mut self, now_ns: u64, li: usize, run: &[Pk]) {
-        let mut at = self.tail;
-        for (i, p) in run.iter().enumerate() {
-            at = self.link_after(now_ns, at, p, li, i > 0);
-        }
-        self.legs[li].cur = at;
-    }
-
-    /// Do the leg's unplaced packets (open tail, then floating runs) cover every node after
-    /// its cursor, matching, with packets to spare? Then the leg is at the end of the timeline.
-    fn gap_reaches_tail(&self, li: usize) -> bool {
-        let l = &self.legs[li];
-        let mut x = self.next_of(l.cur);
-        for p in l.open.iter().chain(l.floats.iter().flatten()) {
-            if x == NIL {
-                return true;
-            }
-            if self.nodes[x as usize].fp != p.fp {
-                return false;
-            }
-            x = self.nodes[x as usize].next;
-        }
-        x == NIL
-    }
-
-    /// Place `run` with `run[k]` the anchor at node `m` (ahead of the cursor).
-    fn place_anchored(
-        &mut self,
-        now_ns: u64,
-        li: usize,
-        run: &[Pk],
-        k: usize,
-        m: u32,
-        joining: bool,
-    ) {
-        let x0 = self.legs[li].cur;
-        let m_rank = self.nodes[m as usize].rank;
-        // Last anchor of the run at or after `m`: up to it the run is the exact original.
-        let last = (k..run.len())
-            .rev()
-            .find(|&i| {
-                self.anchor_node(&run[i])
-                    .is_some_and(|n| self.nodes[n as usize].rank >= m_rank)
-            })
-            .unwrap_or(k);
-        self.duplicate(now_ns, li, m);
-        // Head, backward from `m`, while it is certain.
-        let mut s = m;
-        let mut j = k;
-        while j > 0 {
-            let p = &run[j - 1];
-            let y = self.nodes[s as usize].prev;
-            if y == NIL
-                || y == x0
-                || self.nodes[y as usize].rank <= self.rank_of(x0)
-                || self.nodes[y as usize].released
-            {
-                break;
-            }
-            let cert = self.nodes[s as usize].cert;
-            if cert {
-                if self.nodes[y as usize].fp != p.fp {
-                    // Contradicts the timeline: drop what is left of the head.
-                    self.drop_pkts(li, j);
-                    j = 0;
-                    break;
-                }
-                self.duplicate(now_ns, li, y);
-                s = y;
-            } else if self.nodes[y as usize].fp == p.fp {
-                break; // Ambiguous: resolved with the leg's gap below.
-            } else {
-                match self.insert(now_ns, li, y, p, false, true) {
-                    Some(n) => s = n,
-                    None => {
-                        self.drop_pkts(li, j - 1);
-                        j = 0;
-                        break;
-                    }
-                }
-            }
-            j -= 1;
-        }
-        if joining {
-            self.drop_pkts(li, j);
-            self.clear_gap(li, true);
-        } else {
-            self.resolve(now_ns, li, s, &run[..j]);
-        }
-        // Forward from `m`.
-        let mut placed = m;
-        let mut x = self.nodes[m as usize].next;
-        let mut open_from = None;
-        for i in k + 1..run.len() {
-            let p = &run[i];
-            if x == NIL {
-                match self.insert(now_ns, li, placed, p, true, false) {
-                    Some(n) => placed = n,
-                    None => {
-                        self.drop_pkts(li, run.len() - i);
-                        break;
-                    }
-                }
-                continue;
-            }
-            if self.nodes[x as usize].fp == p.fp {
-                if i > last && !self.nodes[x as usize].cert {
-                    open_from = Some(i); // Same content across an uncertain link.
-                    break;
-                }
-                if self.nodes[x as usize].prev == placed {
-                    self.nodes[x as usize].cert = true;
-                }
-                self.duplicate(now_ns, li, x);
-                placed = x;
-                x = self.nodes[x as usize].next;
-                continue;
-            }
-            let conflict = if i <= last {
-                self.anchor_node(p).is_some_and(|n| n != x)
-            } else {
-                self.nodes[x as usize].cert
-            };
-            if conflict {
-                self.drop_pkts(li, run.len() - i);
-                break;
-            }
-            match self.insert(now_ns, li, placed, p, true, false) {
-                Some(n) => placed = n,
-                None => {
-                    self.drop_pkts(li, run.len() - i);
-                    break;
-                }
-            }
-        }
-        self.legs[li].cur = placed;
-        if let Some(i) = open_from {
-            self.legs[li].open.extend_from_slice(&run[i..]);
-            self.legs[li].g_since = Some(run[i].arrival_ns);
-        }
-    }
-
-    /// Place the leg's unplaced packets (the open tail, certainly right after the cursor, then
-    /// the floating runs) and `head` (certainly right before `s`; NIL: the end) between the
-    /// cursor and `s`. Identical content is taken for a copy (fewest insertions): repeated
-    /// packets may be lost this way, never duplicated or moved past distinct packets.
-    fn resolve(&mut self, now_ns: u64, li: usize, s: u32, head: &[Pk]) {
-        let x0 = self.legs[li].cur;
-        let x0_rank = self.rank_of(x0);
-        // Head, backward from `s`: copies where identical, else inserted into a hole.
-        let mut hs = s;
-        let mut j = head.len();
-        while j > 0 {
-            let p = &head[j - 1];
-            let y = if hs == NIL {
-                self.tail
-            } else {
-                self.nodes[hs as usize].prev
-            };
-            if y == NIL || self.nodes[y as usize].rank <= x0_rank || self.nodes[y as usize].released
-            {
-                if y != NIL && self.nodes[y as usize].released {
-                    // Too late for what is left of the head.
-                    self.drop_pkts(li, j);
-                    j = 0;
-                }
-                break;
-            }
-            if self.nodes[y as usize].fp == p.fp {
-                self.duplicate(now_ns, li, y);
-                hs = y;
-            } else if hs != NIL && self.nodes[hs as usize].cert {
-                self.drop_pkts(li, j);
-                j = 0;
-                break;
-            } else {
-                match self.insert(now_ns, li, y, p, false, hs != NIL) {
-                    Some(n) => hs = n,
-                    None => {
-                        self.drop_pkts(li, j);
-                        j = 0;
-                        break;
-                    }
-                }
-            }
-            j -= 1;
-        }
-        // Open tail and floating runs, forward from the cursor.
-        let open = std::mem::take(&mut self.legs[li].open);
-        let floats = std::mem::take(&mut self.legs[li].floats);
-        self.legs[li].g_since = None;
-        let mut at = x0;
-        self.forward(now_ns, li, &mut at, hs, &open, true);
-        for f in &floats {
-            self.forward(now_ns, li, &mut at, hs, f, false);
-        }
-        // Nodes skipped between what this leg placed: a jump?
-        let mut skipped = 0u64;
-        let mut y = self.next_of(at);
-        while y != hs && y != NIL && skipped < JUMP_PACKETS {
-            skipped += 1;
-            y = self.nodes[y as usize].next;
-        }
-        if skipped >= JUMP_PACKETS {
-            self.stats.reanchors += 1;
-            self.emit(ContentEvent::Reanchored { leg: LegId(li) });
-        }
-        // What is left of the head goes right before `hs`, after everything placed.
-        if j > 0 {
-            let mut after = if hs == NIL {
-                self.tail
-            } else {
-                self.nodes[hs as usize].prev
-            };
-            if after != NIL && self.nodes[after as usize].rank < self.rank_of(at) {
-                after = at;
-            }
-            for (i, p) in head[..j].iter().enumerate() {
-                match self.insert(now_ns, li, after, p, i > 0, i + 1 == j && hs != NIL) {
-                    Some(n) => after = n,
-                    None => {
-                        self.drop_pkts(li, j - i - 1);
-                        break;
-                    }
-                }
-            }
-        }
-        self.legs[li].cur = at;
-        let mut open = open;
-        open.clear();
-        self.legs[li].open = open;
-        let mut floats = floats;
-        floats.clear();
-        self.legs[li].floats = floats;
-    }
-
-    /// Place `seq` forward from `*at`, before `stop`: copies where identical, insertions into
-    /// holes. `cert_first`: `seq[0]` certainly follows `*at`.
-    fn forward(
-        &mut self,
-        now_ns: u64,
-        li: usize,
-        at: &mut u32,
-        stop: u32,
-        seq: &[Pk],
-        cert_first: bool,
-    ) {
-        for (i, p) in seq.iter().enumerate() {
-            let x = self.next_of(*at);
-            let cert = i > 0 || cert_first;
-            if x != stop && x != NIL && self.nodes[x as usize].fp == p.fp {
-                self.duplicate(now_ns, li, x);
-                *at = x;
-                continue;
-            }
-            let into_hole = x == stop || x == NIL || !self.nodes[x as usize].cert;
-            if !into_hole {
-                self.drop_pkts(li, seq.len() - i);
-                return;
-            }
-            if x != stop && !cert_first {
-                // A floating run that stops matching in the middle of the gap: its position
-                // is unknown (this leg lost a datagram before it), so it cannot be inserted.
-                self.drop_pkts(li, seq.len() - i);
-                return;
-            }
-            match self.insert(now_ns, li, *at, p, cert, false) {
-                Some(n) => *at = n,
-                None => {
-                    self.drop_pkts(li, seq.len() - i);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn duplicate(&mut self, now_ns: u64, li: usize, x: u32) {
-        self.stats.legs[li].duplicates += 1;
-        self.stats.duplicates += 1;
-        let n = &mut self.nodes[x as usize];
-        let bit = 1u32 << li;
-        if n.legs & bit == 0 {
-            let first = n.legs == 1 << n.creator;
-            n.legs |= bit;
-            let creator = n.creator as usize;
-            let sample = now_ns.saturating_sub(n.created_ns) as f64;
-            if first {
-                self.sample_differential(creator, 0.0);
-            }
-            self.sample_differential(li, sample);
-        }
-    }
-
-    fn sample_differential(&mut self, li: usize, sample_ns: f64) {
-        let d = &mut self.legs[li].diff_ns;
-        let v = match *d {
-            None => sample_ns,
-            Some(prev) => prev + (sample_ns - prev) / 8.0,
-        };
-        *d = Some(v);
-        self.stats.legs[li].path_differential = Duration::from_nanos(v.max(0.0) as u64);
-    }
-
-    fn set_aligned(&mut self, li: usize) {
-        let l = &mut self.legs[li];
-        l.aligned = true;
-        l.unaligned_since = None;
-        self.stats.legs[li].aligned = true;
-        if l.diverged {
-            l.diverged = false;
-            self.update_aligned();
-        }
-    }
-
-    fn update_aligned(&mut self) {
-        let now = !self
-            .legs
-            .iter()
-            .enumerate()
-            .any(|(i, l)| l.diverged && !self.stats.legs[i].lost);
-        if now && !self.aligned {
-            self.emit(ContentEvent::Aligned);
-        }
-        self.aligned = now;
-    }
-
-    /// Unplaced packets older than the window: floating runs that found no anchor for a window
-    /// mean the leg no longer fits (restart or divergence); divergence is reported a window
-    /// after it started.
-    fn expire(&mut self, now_ns: u64) {
-        for li in 0..self.legs.len() {
-            if let Some(since) = self.legs[li].g_since
-                && now_ns >= since + self.window_ns
-            {
-                let floating = !self.legs[li].floats.is_empty();
-                self.clear_gap(li, true);
-                if floating && self.other_live_aligned(li) {
-                    self.unalign(li, since);
-                }
-            }
-            let l = &self.legs[li];
-            if !l.aligned
-                && !l.diverged
-                && !self.stats.legs[li].lost
-                && l.unaligned_since
-                    .is_some_and(|s| now_ns >= s + self.window_ns)
-                && self.other_live_aligned(li)
-            {
-                self.legs[li].diverged = true;
-                self.stats.diverged_events += 1;
-                self.emit(ContentEvent::Diverged { leg: LegId(li) });
-                self.aligned = false;
-            }
         }
     }
 }

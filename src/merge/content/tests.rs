@@ -284,7 +284,6 @@ fn single_leg_passes_through_with_zero_latency() {
 }
 
 #[test]
-#[ignore = "known failing (WIP): see the module docs, Status"]
 fn two_legs_skewed_with_loss_recover_everything() {
     let pkts = stream(20_000, 2);
     let mut rng = fastrand::Rng::with_seed(2);
@@ -309,7 +308,6 @@ fn two_legs_skewed_with_loss_recover_everything() {
 }
 
 #[test]
-#[ignore = "known failing (WIP): see the module docs, Status"]
 fn different_datagram_boundaries_and_equal_delay() {
     let pkts = stream(20_000, 3);
     let mut rng = fastrand::Rng::with_seed(3);
@@ -372,7 +370,6 @@ fn different_streams_diverge_and_realign() {
 }
 
 #[test]
-
 fn leg_jump_reanchors() {
     // Leg 1 trails by 30 ms, then skips 2000 packets (a path change): re-anchor, no harm.
     let pkts = stream(20_000, 5);
@@ -521,7 +518,6 @@ fn real(file: &str, n: usize) -> Vec<Bytes> {
 }
 
 #[test]
-#[ignore = "known failing (WIP): see the module docs, Status"]
 fn real_streams_two_legs_with_loss_and_skew() {
     for (file, seed) in [("h264_aac.ts", 7u64), ("mpeg2_mp2.ts", 8)] {
         let pkts = real(file, 40_000);
