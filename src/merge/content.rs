@@ -1029,7 +1029,9 @@ impl ContentMerger {
             if l.streak > 0 && self.nodes[l.streak_last as usize].in_list {
                 let est = p.t - l.streak_diff as i64;
                 match self.find(p.fp, l.streak_last, est, self.tolerance(li)) {
-                    Found::Ahead(m) => {
+                    Found::Ahead(m)
+                        if m == self.nodes[l.streak_last as usize].next && self.unique(m) =>
+                    {
                         let l = &mut self.legs[li];
                         l.streak += 1;
                         l.streak_last = m;
@@ -1043,7 +1045,7 @@ impl ContentMerger {
                 && let Some(&m) = self.index.get(&p.fp)
             {
                 let n = &self.nodes[m as usize];
-                if n.same_prev == NIL && n.same_next == NIL {
+                if self.unique(m) {
                     let l = &mut self.legs[li];
                     l.streak = 1;
                     l.streak_last = m;
@@ -1100,6 +1102,12 @@ impl ContentMerger {
         let mut buf = buf;
         buf.clear();
         self.legs[li].buf = buf;
+    }
+
+    /// The only node carrying its fingerprint.
+    fn unique(&self, m: u32) -> bool {
+        let n = &self.nodes[m as usize];
+        n.same_prev == NIL && n.same_next == NIL
     }
 
     fn set_anchored(&mut self, now_ns: u64, li: usize, cur: u32) {
