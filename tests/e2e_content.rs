@@ -100,7 +100,28 @@ fn two_lossy_skewed_udp_legs_merge_to_the_original() {
         });
         got.extend(buf[..n].chunks(TS).map(|c| c.to_vec()));
     }
-    assert_eq!(got.len(), expected.len());
+    if got.len() != expected.len() {
+        let i = got
+            .iter()
+            .zip(&expected)
+            .position(|(g, e)| g.as_slice() != *e)
+            .unwrap_or(expected.len());
+        let pid = |p: &[u8]| (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        let show = |v: &[&[u8]]| {
+            v.iter()
+                .map(|p| format!("{:x}/{}", pid(p), p[3] & 0xf))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let g: Vec<&[u8]> = got.iter().map(|v| v.as_slice()).collect();
+        panic!(
+            "{} TS packets out, {} expected; first difference at {i}:\n got  {}\n want {}",
+            got.len(),
+            expected.len(),
+            show(&g[i.saturating_sub(3)..(i + 6).min(g.len())]),
+            show(&expected[i.saturating_sub(3)..(i + 6).min(expected.len())])
+        );
+    }
     let first_bad = got
         .iter()
         .zip(&expected)
