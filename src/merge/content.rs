@@ -93,6 +93,8 @@ pub const ANCHOR_RUN: u32 = 3;
 pub const MATCH_TOLERANCE_NS: u64 = 1_000_000;
 /// Datagrams an unanchored leg keeps for replay once it anchors.
 const BUFFERED_DATAGRAMS: usize = 64;
+/// Packet-spacing samples (one per datagram) a leg's spacing is the median of.
+const SPACING_SAMPLES: usize = 15;
 /// Nodes of one fingerprint looked at per lookup.
 const CHAIN_LOOK: usize = 512;
 const NIL: u32 = u32::MAX;
@@ -281,8 +283,13 @@ struct Leg {
     /// Path differential (ns, relative to the node estimates), its jitter, packet spacing.
     diff: f64,
     jitter: f64,
+    /// Samples in `diff` since anchoring (its averaging weight, up to 16).
+    diff_n: u32,
     spacing: f64,
     last_arrival: Option<u64>,
+    /// Recent packet-spacing samples (ring), how many were taken.
+    samples: [f64; SPACING_SAMPLES],
+    sample_at: usize,
     /// Null packets delivered since the cursor (across datagrams).
     carry: Option<u32>,
     /// Last time this leg agreed with another (a match either way).
@@ -404,8 +411,11 @@ impl ContentMerger {
                     cur: NIL,
                     diff: 0.0,
                     jitter: 0.0,
+                    diff_n: 0,
                     spacing: 0.0,
                     last_arrival: None,
+                    samples: [0.0; SPACING_SAMPLES],
+                    sample_at: 0,
                     carry: None,
                     agree_ns: 0,
                     last_push_ns: 0,
@@ -460,12 +470,16 @@ impl ContentMerger {
                 && now_ns > last
                 && count > 0
             {
+                // Median (lower) of the recent samples: a sample spanning a lost datagram is
+                // too large, one of a burst too small; an EWMA seeded by either is off for long.
                 let s = (now_ns - last) as f64 / count as f64;
-                if l.spacing == 0.0 {
-                    l.spacing = s;
-                } else if s < 2.0 * l.spacing {
-                    l.spacing += (s - l.spacing) / 32.0;
-                }
+                l.samples[l.sample_at % SPACING_SAMPLES] = s;
+                l.sample_at += 1;
+                let k = l.sample_at.min(SPACING_SAMPLES);
+                let mut v = l.samples;
+                let v = &mut v[..k];
+                let (_, m, _) = v.select_nth_unstable_by((k - 1) / 2, f64::total_cmp);
+                l.spacing = *m;
             }
             l.last_arrival = Some(now_ns);
             l.last_push_ns = now_ns;
@@ -936,6 +950,7 @@ impl ContentMerger {
     /// earlier CC, an earlier send time). `None`: it belongs before a released node (too late).
     fn slot(&self, li: usize, cur: u32, p: &Pk, est: i64, bit: u32) -> Option<u32> {
         let half = (self.legs[li].spacing / 2.0) as i64;
+        let full = self.legs[li].spacing as i64;
         let mut a = cur;
         loop {
             let n = self.next_of(a);
@@ -949,10 +964,13 @@ impl ContentMerger {
                 false
             } else if nd.pid == p.pid && nd.cc != NO_CC && p.cc != NO_CC && nd.cc != p.cc {
                 // Only the direct neighbours are certain: 16 CCs span a few ms of a PID.
+                // Otherwise `X` is `d` packets of the PID after `nd` or `16 − d` before it,
+                // each at least a packet spacing: the time threshold moves towards the
+                // nearer hypothesis (by `d − 8` spacings).
                 match p.cc.wrapping_sub(nd.cc) & 0x0f {
                     1 => true,
                     15 => false,
-                    _ => nd.est < est - half,
+                    d => nd.est < est - (i64::from(d) - 8) * full - half,
                 }
             } else {
                 nd.est < est - half
@@ -982,7 +1000,9 @@ impl ContentMerger {
             let l = &mut self.legs[li];
             let sample = (t - est) as f64;
             let dev = sample - l.diff;
-            l.diff += dev / 16.0;
+            // A plain average of the first samples after anchoring, then an EWMA.
+            l.diff_n = (l.diff_n + 1).min(16);
+            l.diff += dev / f64::from(l.diff_n);
             l.jitter += (dev.abs() - l.jitter) / 16.0;
             l.agree_ns = now_ns;
             if creator != li {
@@ -1114,6 +1134,8 @@ impl ContentMerger {
         let l = &mut self.legs[li];
         l.anchored = true;
         l.was_anchored = true;
+        // The anchoring estimate counts as one sample.
+        l.diff_n = 1;
         l.cur = cur;
         l.carry = if cur == NIL && self.tail == NIL {
             Some(0)

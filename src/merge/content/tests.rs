@@ -532,3 +532,99 @@ fn real_streams_two_legs_with_loss_and_skew() {
         assert!(matches!(v, Ok((0, _))), "{file}: {v:?}");
     }
 }
+
+/// Shrunk proptest case (`legs = 2, seed = 11830403946360517586, n = 500, loss ≈ 0.147`,
+/// no skew, datagrams of 1..=6 and 1..=4 packets): repeated content next to a loss.
+#[test]
+fn regression_repeated_content_next_to_loss() {
+    prop_case(
+        2,
+        11830403946360517586,
+        500,
+        0.14723068197156974,
+        &[0, 0, 0],
+        &[6, 4, 1],
+    );
+}
+
+/// Shrunk proptest case (`legs = 2, seed = 17799962793902112221, n = 746`).
+#[test]
+fn regression_seed_17799962793902112221() {
+    prop_case(
+        2,
+        17799962793902112221,
+        746,
+        0.10921282220972613,
+        &[0, 0, 0],
+        &[6, 1, 1],
+    );
+}
+
+/// Shrunk proptest case (`legs = 2, seed = 1657352890511761124, n = 500`, leg 1 1 ms late
+/// with one packet per datagram).
+#[test]
+fn regression_seed_1657352890511761124() {
+    prop_case(
+        2,
+        1657352890511761124,
+        500,
+        0.06873719371052894,
+        &[0, 1, 0],
+        &[6, 1, 1],
+    );
+}
+
+/// One case of the proptest, with a readable failure.
+fn prop_case(legs: usize, seed: u64, n: usize, loss: f64, delays: &[u64], maxes: &[usize]) {
+    let pkts = stream(n, seed);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let plans: Vec<LegPlan> = (0..legs)
+        .map(|l| plan(&mut rng, n, maxes[l], loss, ms(delays[l])))
+        .collect();
+    let mut sim = Sim::new(cfg(legs));
+    let got = sim.send(ms(1), SPACING, &pkts, &plans);
+    sim.run();
+    let want = expected(&pkts, &got);
+    let v = verdict(&sim.out, &want, &pkts);
+    if let Err(i) = v {
+        for l in &sim.m.legs {
+            eprintln!("spacing {} diff {} jitter {}", l.spacing, l.diff, l.jitter);
+        }
+        let idx = |b: &Bytes| -> Vec<usize> {
+            pkts.iter()
+                .enumerate()
+                .filter(|(_, p)| *p == b)
+                .map(|(j, _)| j)
+                .take(6)
+                .collect()
+        };
+        for k in i.saturating_sub(6)..(i + 4).min(sim.out.len()) {
+            eprintln!("out[{k}] = original {:?}", idx(&sim.out[k]));
+        }
+        for (j, p) in pkts.iter().enumerate().take(50) {
+            let pid = u16::from(p[1] & 0x1f) << 8 | u16::from(p[2]);
+            eprintln!(
+                "pkt {j}: pid {pid:#x} cc {} rep {}",
+                p[3] & 15,
+                idx(p).len()
+            );
+        }
+        for k in 0..sim.out.len().min(40) {
+            eprint!("{:?} ", idx(&sim.out[k]).first());
+        }
+        eprintln!();
+        for (l, p) in plans.iter().enumerate() {
+            let mut s = 0;
+            let mut line = String::new();
+            for &(k, lost) in &p.datagrams {
+                if s < 60 {
+                    line += &format!("{s}..{}{} ", s + k, if lost { "X" } else { "" });
+                }
+                s += k;
+            }
+            eprintln!("leg {l}: {line}");
+        }
+    }
+    assert!(v.is_ok(), "{v:?}");
+    assert_eq!(sim.m.stats().diverged_events, 0);
+}
