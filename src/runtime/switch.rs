@@ -2,6 +2,10 @@
 //! TR 101 290 and the rules are always known), asks the sans-IO [`Switch`] which one is on
 //! air, runs the active source's packets through the [`Splicer`] (clean switches) and sends
 //! them to every output. The only clock reads are here.
+//!
+//! A content-merge channel (not yet enabled by the config) runs here too: while its
+//! [`ContentMerger`] has the legs aligned, the merged stream is the output; when they
+//! diverge, the channel falls back to switching between them.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -89,7 +93,6 @@ pub(super) struct SwitchChannel {
     /// Content-merge mode: times the legs were found to differ.
     diverged: u64,
     last_output: Option<Instant>,
-    /// A switch happened and the first packet after it has not been sent yet.
     /// A switch (decided at, from, to, reason) whose first output packet is still to come:
     /// its log line carries the output gap.
     switch_pending: Option<(Instant, Option<LegId>, Option<LegId>, Reason)>,
