@@ -25,19 +25,28 @@
 //!   cursor moves to it. If the previous non-null packet of the same datagram was the cursor
 //!   and `X` is its list successor, the link is **certain** (exact null count recorded).
 //! - `X` is new: if the previous non-null of the same datagram is the cursor, it goes right
-//!   after it (certain). Otherwise it goes after the cursor and after every following node that
-//!   evidence puts before it: a certain link, the same PID with CC = `X.cc − 1`, an earlier
-//!   send-time estimate (by more than half a packet spacing). A node it would have to precede
-//!   that was already released makes it too late: dropped, counted.
+//!   after it (certain); if the cursor is the last node, at the end. Otherwise its place is
+//!   not proven: the leg **holds** it (with the new packets after it, up to `HELD_MAX`)
+//!   until its next packet already in the list (`R`) bounds the interval. The held run and
+//!   the interval's nodes (which this leg did not deliver) are then merged as two chains of
+//!   blocks (a datagram's consecutive packets; nodes linked with certainty) by order
+//!   evidence: certain adjacency to either bound, then per-PID continuity counters (counted
+//!   from the PID's last CC at or before the cursor); only where neither decides by send-time
+//!   estimates, counted [`ContentStats::ambiguous`]. Time is not ordering evidence otherwise
+//!   (loopback jitter exceeds a packet spacing). Held packets another leg delivered meanwhile
+//!   are copies that split the run. A held packet that would have to precede a released node
+//!   is too late: dropped, counted.
 //! - `X` matches a node at or before the cursor: a copy the leg cannot deliver again (FIFO):
 //!   dropped, counted `unplaceable`.
 //!
 //! # Release
-//! The first unreleased node is output (after its null run) when (a) its link from the
-//! previous node is certain, or (b) every live, non-diverged leg is anchored with its cursor
+//! The first unreleased node is output (after its null run) when no live leg holds a run
+//! whose interval may include it and (a) its link from the previous node is certain, or (b) every live, non-diverged leg is anchored with its cursor
 //! at or past it (a FIFO leg past it cannot insert before it any more; a leg still looking for
 //! its anchor is waited for), or (c) the window has passed since it was created. So the added
 //! latency is about the path differential when some leg loses packets; a single leg adds none.
+//! A node whose window passed while a leg holds a run that may precede it first makes that
+//! leg place its run (bounded by the end of the list): release never overtakes a held run.
 //!
 //! # Null packets (the only approximation)
 //! The null count between two released neighbours is exact when their link is certain (one
@@ -69,10 +78,18 @@
 //! except the datagram scratch of unanchored legs.
 //!
 //! # Status
-//! The proptest `output_is_original_minus_packets_lost_everywhere` is not met yet: its saved
-//! cases pass (also as unit tests), but 256 random cases still find one (3 legs, 15 % loss:
-//! new packets of different PIDs ordered by send-time estimates a few spacings off). Divergence,
-//! recovery, boundaries, real streams, jump, lost leader and single leg pass.
+//! The proptest `output_is_original_minus_packets_lost_everywhere` (`#[ignore]`d) passes some
+//! runs of 256 cases, not all: other runs find a misordering next to still-picture repeats
+//! (`regression_seed_11690713759946156014`), a 3-leg misordering
+//! (`regression_seed_16987729839618253349`) or a spurious divergence with three equally
+//! delayed legs (`regression_seed_445343815965347826`); these unit tests are `#[ignore]`d, and
+//! all three fail alike with the former time-ordered placement. Its passing saved cases are
+//! unit tests too. Divergence, recovery, boundaries, real streams, jump, lost leader and single
+//! leg pass. The loopback end-to-end test (`tests/e2e_content.rs`) still fails: both legs cut
+//! the same 7-packet datagrams, and a datagram of null packets whose neighbouring datagrams
+//! were lost one on each leg is seen by no leg next to a non-null packet, so its nulls are not
+//! output (never invented, see "Null packets"): 7–14 packets short of the original per run (a
+//! simulation of that set-up misses exactly such datagrams, and nothing else).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -98,6 +115,10 @@ const BUFFERED_DATAGRAMS: usize = 64;
 const SPACING_SAMPLES: usize = 15;
 /// Nodes of one fingerprint looked at per lookup.
 const CHAIN_LOOK: usize = 512;
+/// New packets a leg holds while their place is not proven (then placed by the fallback).
+const HELD_MAX: usize = 256;
+/// Nodes walked back from a held run's lower bound for each PID's last continuity counter.
+const CC_LOOK: usize = 256;
 const NIL: u32 = u32::MAX;
 /// No continuity counter (null packet, or no payload).
 const NO_CC: u8 = 0xff;
@@ -166,6 +187,9 @@ pub struct ContentStats {
     pub unplaceable: u64,
     /// Events dropped because the queue (1024) was full.
     pub events_dropped: u64,
+    /// Held new packets ordered against other legs' packets by the fallback (send-time
+    /// estimates): neither datagram adjacency nor continuity counters decided.
+    pub ambiguous: u64,
 }
 
 /// Something the glue may want to act on.
@@ -305,6 +329,23 @@ struct Leg {
     streak_last: u32,
     streak_first: (u64, u32),
     streak_diff: f64,
+    /// New packets whose place is not proven yet (after `cur`, before the next known packet).
+    held: Vec<Held>,
+}
+
+/// A new packet held by its leg until the leg's next known packet bounds its interval.
+struct Held {
+    pk: Pk,
+    est: i64,
+    /// Arrival (ns): the node's creation time once placed.
+    at_ns: u64,
+    /// Null packets right before / right after it in its datagram.
+    head: u32,
+    tail: u32,
+    /// Directly follows the previous held packet (same datagram).
+    joined: bool,
+    /// Null packets since this leg's previous non-null packet (across datagrams), if known.
+    gap: Option<u32>,
 }
 
 enum Found {
@@ -428,6 +469,7 @@ impl ContentMerger {
                     streak_last: NIL,
                     streak_first: (0, NIL),
                     streak_diff: 0.0,
+                    held: Vec::new(),
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -581,6 +623,10 @@ impl ContentMerger {
             if due.is_some_and(|d| now >= d) {
                 st.lost = true;
                 self.emit(ContentEvent::LegLost { leg: LegId(i) });
+                // What it holds goes in by the fallback.
+                if self.legs[i].anchored {
+                    self.resolve(i, NIL, false);
+                }
                 // It re-anchors when it comes back.
                 self.unanchor(i, now_ns);
                 self.legs[i].unaligned_since = None;
@@ -811,11 +857,12 @@ impl ContentMerger {
     /// Walk the datagram of an anchored leg: copies move the cursor, new packets are inserted
     /// after it (or after the nodes it is known to have lost).
     fn place(&mut self, now_ns: u64, li: usize, run: &[Pk]) {
-        let bit = 1u32 << li;
         let tol = self.tolerance(li);
         let mut prev_nn = NIL;
         let mut nulls = 0u32;
         let mut first = true;
+        // The previous non-null packet of this datagram was held.
+        let mut prev_held = false;
         for p in run {
             if !self.legs[li].anchored {
                 self.stats.legs[li].dropped += 1;
@@ -827,10 +874,17 @@ impl ContentMerger {
             }
             let diff = self.legs[li].diff;
             let est = p.t - diff as i64;
-            let cur = self.legs[li].cur;
-            let certain = prev_nn != NIL && prev_nn == cur;
+            let mut cur = self.legs[li].cur;
+            let mut certain = prev_nn != NIL && prev_nn == cur;
             match self.find(p.fp, cur, est, tol) {
                 Found::Ahead(m) => {
+                    if !self.legs[li].held.is_empty() {
+                        // The held run's interval is bounded: place it before `m`.
+                        let last = self.resolve(li, m, prev_held);
+                        cur = self.legs[li].cur;
+                        certain = prev_held && last == Some(cur);
+                        prev_held = false;
+                    }
                     if certain {
                         if self.nodes[cur as usize].next == m {
                             self.nodes[m as usize].cert = true;
@@ -856,6 +910,7 @@ impl ContentMerger {
                 }
                 Found::Behind(m) => {
                     // Already passed: a copy this leg cannot deliver again (FIFO).
+                    prev_held = false;
                     self.stats.legs[li].dropped += 1;
                     self.legs[li].carry = None;
                     first = false;
@@ -872,21 +927,38 @@ impl ContentMerger {
                     prev_nn = NIL;
                 }
                 Found::New => {
-                    let at = if certain {
-                        cur
-                    } else {
-                        match self.slot(li, cur, p, est, bit) {
-                            Some(a) => a,
-                            None => {
-                                self.stats.legs[li].dropped += 1;
-                                self.legs[li].carry = None;
-                                first = false;
-                                prev_nn = NIL;
-                                nulls = 0;
-                                continue;
-                            }
-                        }
-                    };
+                    if self.legs[li].held.len() >= HELD_MAX {
+                        self.resolve(li, NIL, false);
+                        cur = self.legs[li].cur;
+                        certain = false;
+                        prev_held = false;
+                    }
+                    let holding = !self.legs[li].held.is_empty();
+                    if holding || !certain && self.next_of(cur) != NIL {
+                        // Not proven by its datagram neighbours: held until this leg's next
+                        // known packet bounds the interval.
+                        let gap = if first {
+                            self.legs[li].carry.map(|c| c + nulls)
+                        } else {
+                            Some(nulls)
+                        };
+                        self.legs[li].held.push(Held {
+                            pk: p.clone(),
+                            est,
+                            at_ns: now_ns,
+                            head: nulls,
+                            tail: 0,
+                            joined: holding && prev_held,
+                            gap,
+                        });
+                        prev_held = true;
+                        self.legs[li].carry = None;
+                        first = false;
+                        prev_nn = NIL;
+                        nulls = 0;
+                        continue;
+                    }
+                    let at = cur;
                     let x = self.link_after(now_ns, at, p, est, li);
                     if certain && self.nodes[x as usize].prev == cur {
                         self.nodes[x as usize].cert = true;
@@ -913,7 +985,12 @@ impl ContentMerger {
             }
             nulls = 0;
         }
-        if prev_nn != NIL && prev_nn == self.legs[li].cur {
+        if prev_held {
+            if let Some(h) = self.legs[li].held.last_mut() {
+                h.tail = nulls;
+            }
+            self.legs[li].carry = Some(nulls);
+        } else if prev_nn != NIL && prev_nn == self.legs[li].cur {
             let t = &mut self.nodes[prev_nn as usize].tail;
             *t = (*t).max(nulls);
             let t = *t;
@@ -946,44 +1023,238 @@ impl ContentMerger {
         }
     }
 
-    /// Where a new packet that does not certainly follow the cursor goes: after the cursor and
-    /// after every node that evidence puts before it (a certain link, the same PID with an
-    /// earlier CC, an earlier send time). `None`: it belongs before a released node (too late).
-    fn slot(&self, li: usize, cur: u32, p: &Pk, est: i64, bit: u32) -> Option<u32> {
-        let half = (self.legs[li].spacing / 2.0) as i64;
-        let full = self.legs[li].spacing as i64;
-        let mut a = cur;
-        loop {
-            let n = self.next_of(a);
-            if n == NIL {
-                return Some(a);
-            }
-            let nd = &self.nodes[n as usize];
-            let before = if nd.cert {
-                true
-            } else if nd.legs & bit != 0 {
-                false
-            } else if nd.pid == p.pid && nd.cc != NO_CC && p.cc != NO_CC && nd.cc != p.cc {
-                // Only the direct neighbours are certain: 16 CCs span a few ms of a PID.
-                // Otherwise `X` is `d` packets of the PID after `nd` or `16 − d` before it,
-                // each at least a packet spacing: the time threshold moves towards the
-                // nearer hypothesis (by `d − 8` spacings).
-                match p.cc.wrapping_sub(nd.cc) & 0x0f {
-                    1 => true,
-                    15 => false,
-                    d => nd.est < est - (i64::from(d) - 8) * full - half,
-                }
-            } else {
-                nd.est < est - half
+    /// Place the run `li` holds in its interval: after the cursor, before `r` (the leg's next
+    /// known packet; NIL: the end of the list, when forced out). The run and the interval's
+    /// nodes are two chains of blocks (a datagram's consecutive packets; nodes linked with
+    /// certainty); they are merged by the order evidence: certain adjacency to either bound
+    /// (`adj`: the run's last packet directly precedes `r`), then per-PID continuity counters
+    /// (counted from the PID's last counter at or before the cursor); only where neither
+    /// decides, by send-time estimates (counted `ambiguous`). A held packet that would have
+    /// to precede a released node is too late: dropped. Returns the last node placed.
+    fn resolve(&mut self, li: usize, r: u32, adj: bool) -> Option<u32> {
+        let mut held = std::mem::take(&mut self.legs[li].held);
+        if held.is_empty() {
+            self.legs[li].held = held;
+            return None;
+        }
+        // Held packets another leg has delivered since are copies: they split the run.
+        let tol = self.tolerance(li);
+        let r_rank = if r == NIL { u64::MAX } else { self.rank_of(r) };
+        let mut start = 0;
+        let mut last = None;
+        for k in 0..held.len() {
+            let cur = self.legs[li].cur;
+            let Found::Ahead(m) = self.find(held[k].pk.fp, cur, held[k].est, tol) else {
+                continue;
             };
-            if before {
-                a = n;
-            } else if nd.released {
-                return None;
+            if self.nodes[m as usize].rank >= r_rank {
+                continue;
+            }
+            let joined = held[k].joined && k > start;
+            let l = self.merge_run(li, &held[start..k], m, joined);
+            let c = self.legs[li].cur;
+            let h = &held[k];
+            if held[k].joined
+                && (k == start || l == Some(c))
+                && c != NIL
+                && self.nodes[c as usize].next == m
+            {
+                self.nodes[m as usize].cert = true;
+                self.nodes[c as usize].exact = h.head;
             } else {
-                return Some(a);
+                let hd = &mut self.nodes[m as usize].head;
+                *hd = (*hd).max(h.head);
+                if let Some(g) = h.gap
+                    && (k == start || l == Some(c))
+                    && c != NIL
+                    && self.nodes[c as usize].next == m
+                {
+                    let cg = &mut self.nodes[c as usize].gap;
+                    *cg = (*cg).max(g);
+                }
+            }
+            let tl = &mut self.nodes[m as usize].tail;
+            *tl = (*tl).max(h.tail);
+            let (at, t) = (h.at_ns, h.pk.t);
+            self.copy(at, li, m, t);
+            self.legs[li].cur = m;
+            last = Some(m);
+            start = k + 1;
+        }
+        let l = self.merge_run(li, &held[start..], r, adj);
+        if l.is_some() {
+            last = l;
+        }
+        held.clear();
+        self.legs[li].held = held;
+        last
+    }
+
+    /// [`resolve`](Self::resolve) for a run without copies: `held[0].joined` means it directly
+    /// follows the cursor.
+    fn merge_run(&mut self, li: usize, held: &[Held], r: u32, adj: bool) -> Option<u32> {
+        if held.is_empty() {
+            return None;
+        }
+        let l0 = self.legs[li].cur;
+        // The interval's nodes.
+        let mut ns: Vec<u32> = Vec::new();
+        let mut x = self.next_of(l0);
+        while x != NIL && x != r {
+            ns.push(x);
+            x = self.nodes[x as usize].next;
+        }
+        // Block starts: held (a new datagram), nodes (an uncertain link).
+        let hs: Vec<usize> = (0..held.len())
+            .filter(|&i| i == 0 || !held[i].joined)
+            .collect();
+        let h_after_l = held[0].joined && l0 != NIL;
+        let nb: Vec<usize> = (0..ns.len())
+            .filter(|&j| j == 0 || !self.nodes[ns[j] as usize].cert)
+            .collect();
+        let n_after_l = !ns.is_empty() && l0 != NIL && self.nodes[ns[0] as usize].cert;
+        let r_after_n = !ns.is_empty() && r != NIL && self.nodes[r as usize].cert;
+        // Last counter of each held PID at or before the cursor.
+        let mut base: Vec<(u16, u8)> = Vec::new();
+        for h in held {
+            if h.pk.cc == NO_CC || base.iter().any(|b| b.0 == h.pk.pid) {
+                continue;
+            }
+            let mut y = l0;
+            let mut k = 0;
+            while y != NIL && k < CC_LOOK {
+                let n = &self.nodes[y as usize];
+                if n.pid == h.pk.pid && n.cc != NO_CC {
+                    base.push((n.pid, n.cc));
+                    break;
+                }
+                y = n.prev;
+                k += 1;
             }
         }
+        // Evidence between held block `i` and node block `j`: -1 held first, 1 nodes first.
+        let (hn, nn) = (hs.len(), nb.len());
+        let mut rel = vec![0i8; hn * nn];
+        if !ns.is_empty() {
+            for (bi, &hi0) in hs.iter().enumerate() {
+                let hi1 = hs.get(bi + 1).copied().unwrap_or(held.len());
+                for (bj, &nj0) in nb.iter().enumerate() {
+                    let nj1 = nb.get(bj + 1).copied().unwrap_or(ns.len());
+                    let mut vote = 0i32;
+                    for h in &held[hi0..hi1] {
+                        if h.pk.cc == NO_CC {
+                            continue;
+                        }
+                        let b = base.iter().find(|b| b.0 == h.pk.pid).map(|b| b.1);
+                        for &n in &ns[nj0..nj1] {
+                            let n = &self.nodes[n as usize];
+                            if n.pid != h.pk.pid || n.cc == NO_CC {
+                                continue;
+                            }
+                            vote += match b {
+                                Some(b) => {
+                                    let k = |c: u8| match c.wrapping_sub(b) & 0x0f {
+                                        0 => 16,
+                                        v => v,
+                                    };
+                                    (k(h.pk.cc) as i32 - k(n.cc) as i32).signum()
+                                }
+                                None => match h.pk.cc.wrapping_sub(n.cc) & 0x0f {
+                                    1..=7 => 1,
+                                    9..=15 => -1,
+                                    _ => 0,
+                                },
+                            };
+                        }
+                    }
+                    rel[bi * nn + bj] = vote.signum() as i8;
+                }
+            }
+        }
+        // Merge the blocks.
+        enum It {
+            H(usize),
+            N(u32),
+        }
+        let mut order: Vec<It> = Vec::with_capacity(held.len() + ns.len());
+        let (mut i, mut j) = (0, 0);
+        while i < hn && j < nn {
+            let h_first = (i..hn).any(|i2| rel[i2 * nn + j] < 0)
+                || j == nn - 1 && r_after_n
+                || i == 0 && h_after_l;
+            let n_first =
+                (j..nn).any(|j2| rel[i * nn + j2] > 0) || j == 0 && n_after_l || i == hn - 1 && adj;
+            let take_h = match (h_first, n_first) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => {
+                    self.stats.ambiguous += 1;
+                    held[hs[i]].est < self.nodes[ns[nb[j]] as usize].est
+                }
+            };
+            if take_h {
+                let e = hs.get(i + 1).copied().unwrap_or(held.len());
+                order.extend((hs[i]..e).map(It::H));
+                i += 1;
+            } else {
+                let e = nb.get(j + 1).copied().unwrap_or(ns.len());
+                order.extend(ns[nb[j]..e].iter().map(|&n| It::N(n)));
+                j += 1;
+            }
+        }
+        if i < hn {
+            order.extend((hs[i]..held.len()).map(It::H));
+        }
+        // Trailing nodes need not be walked: nothing is placed after them.
+        let mut after = l0;
+        let mut last: Option<u32> = None;
+        let mut prev_h: Option<usize> = None;
+        for it in order {
+            match it {
+                It::N(n) => {
+                    after = n;
+                    prev_h = None;
+                }
+                It::H(k) => {
+                    let nx = self.next_of(after);
+                    if nx != NIL && self.nodes[nx as usize].released
+                        || after != NIL && !self.nodes[after as usize].in_list
+                    {
+                        self.stats.legs[li].dropped += 1;
+                        prev_h = None;
+                        continue;
+                    }
+                    let h = &held[k];
+                    let x = self.link_after(h.at_ns, after, &h.pk, h.est, li);
+                    if (prev_h == Some(k.wrapping_sub(1)) || k == 0 && after == l0)
+                        && h.joined
+                        && self.nodes[x as usize].prev == after
+                        && after != NIL
+                    {
+                        self.nodes[x as usize].cert = true;
+                        self.nodes[after as usize].exact = h.head;
+                    } else {
+                        self.nodes[x as usize].head = h.head;
+                        // This leg's previous packet directly before it: the nulls since.
+                        if let Some(g) = h.gap
+                            && after != NIL
+                            && self.nodes[x as usize].prev == after
+                            && (prev_h == Some(k.wrapping_sub(1)) || k == 0 && after == l0)
+                        {
+                            self.nodes[after as usize].gap = g;
+                        }
+                    }
+                    self.nodes[x as usize].tail = h.tail;
+                    after = x;
+                    last = Some(x);
+                    prev_h = Some(k);
+                }
+            }
+        }
+        if let Some(x) = last {
+            self.legs[li].cur = x;
+        }
+        last
     }
 
     /// `li` delivered a copy of node `m`, its slot at `t`.
@@ -1108,13 +1379,35 @@ impl ContentMerger {
             self.stats.reanchors += 1;
             self.emit(ContentEvent::Reanchored { leg: LegId(li) });
         }
-        let cur = if self.nodes[first as usize].in_list {
+        let mut cur = if self.nodes[first as usize].in_list {
             self.nodes[first as usize].prev
         } else if self.out != NIL {
             self.nodes[self.out as usize].prev
         } else {
             self.tail
         };
+        // The replay starts with the first match's datagram: start it before the earliest of
+        // that datagram's packets found (uniquely, at the anchored differential) before the
+        // first match, so that its packets before the first match are not placed after it.
+        if self.nodes[first as usize].in_list {
+            let diff = self.legs[li].diff as i64;
+            let tol = self.tolerance(li);
+            let fr = self.nodes[first as usize].rank;
+            let lead = self.legs[li].buf.front().map(|(_, r)| {
+                r.iter().filter(|p| !p.is_null()).find_map(|p| {
+                    let &m = self.index.get(&p.fp)?;
+                    let n = &self.nodes[m as usize];
+                    (self.unique(m)
+                        && n.in_list
+                        && n.rank < fr
+                        && (n.est - (p.t - diff)).abs() <= tol)
+                        .then_some(m)
+                })
+            });
+            if let Some(Some(m)) = lead {
+                cur = self.nodes[m as usize].prev;
+            }
+        }
         self.set_anchored(now_ns, li, cur);
         let buf = std::mem::take(&mut self.legs[li].buf);
         for (_, r) in &buf {
@@ -1155,6 +1448,8 @@ impl ContentMerger {
 
     fn unanchor(&mut self, li: usize, since_ns: u64) {
         let l = &mut self.legs[li];
+        self.stats.legs[li].dropped += l.held.len() as u64;
+        l.held.clear();
         if l.anchored {
             l.anchored = false;
             l.cur = NIL;
@@ -1247,10 +1542,33 @@ impl ContentMerger {
         })
     }
 
+    /// A live leg holding a run whose interval may include the node of `rank`.
+    fn holder(&self, rank: u64) -> Option<usize> {
+        (0..self.legs.len()).find(|&i| {
+            let l = &self.legs[i];
+            !l.held.is_empty()
+                && l.anchored
+                && !l.diverged
+                && !self.stats.legs[i].lost
+                && self.rank_of(l.cur) < rank
+        })
+    }
+
     fn advance(&mut self, now_ns: u64) {
         while self.out != NIL {
             let n = &self.nodes[self.out as usize];
-            let ok = n.cert || now_ns >= n.created_ns + self.window_ns || self.all_past(n.rank);
+            let expired = now_ns >= n.created_ns + self.window_ns;
+            if let Some(li) = self.holder(n.rank) {
+                // Release does not overtake a held run; at the window it is placed by the
+                // fallback first.
+                if expired {
+                    self.resolve(li, NIL, false);
+                    continue;
+                }
+                break;
+            }
+            let n = &self.nodes[self.out as usize];
+            let ok = n.cert || expired || self.all_past(n.rank);
             if !ok {
                 break;
             }
