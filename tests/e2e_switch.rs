@@ -117,7 +117,11 @@ fn offline_failover_switch_back_and_slate() {
     let ip = "127.0.2.1";
     let cap = capture_socket(format!("{ip}:6000").parse().unwrap());
     let (dir, gw) = start(ip, "clear_time_ms = 400", "");
-    // The slate is on air until a live source sends.
+    // The slate is on air until a live source sends (its first paced packet puts it on air a
+    // moment after start, so wait for the switch rather than racing the API).
+    gw.wait_log("slate on air at start", |l| {
+        switched_to(l, "slate", "startup")
+    });
     let ch = &gw.channels()[0];
     assert_eq!(ch["switch"]["active"], 2, "{ch}");
 
