@@ -24,6 +24,9 @@ pub struct Gateway {
     pub child: Child,
     pub http: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// Lines logged before "hitless ready": channels start before the HTTP listener, so an
+    /// event a test waits for (a slate going on air, say) may already be here.
+    early: std::cell::RefCell<std::collections::VecDeque<String>>,
 }
 
 impl Gateway {
@@ -46,10 +49,11 @@ impl Gateway {
             }
         });
         // The bound is a failure guard, not a wait: the line normally comes in milliseconds.
+        let mut early = std::collections::VecDeque::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.contains("hitless ready") => break,
-                Ok(line) => eprintln!("gateway: {line}"),
+                Ok(line) => early.push_back(line),
                 Err(e) => panic!("gateway did not become ready: {e}"),
             }
         }
@@ -57,6 +61,7 @@ impl Gateway {
             child,
             http,
             log: rx,
+            early: early.into(),
         }
     }
 
@@ -195,7 +200,11 @@ impl Gateway {
     /// returns it. Lines before it are echoed for the test log.
     pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         loop {
-            match self.log.recv_timeout(Duration::from_secs(30)) {
+            let next = match self.early.borrow_mut().pop_front() {
+                Some(line) => Ok(line),
+                None => self.log.recv_timeout(Duration::from_secs(30)),
+            };
+            match next {
                 Ok(line) if pred(&line) => {
                     eprintln!("gateway: {line}");
                     return line;
