@@ -12,3 +12,5 @@ pub mod machine;
 pub mod show;
 #[cfg(test)]
 pub(crate) mod sim;
+pub mod store;
+pub mod wire;
