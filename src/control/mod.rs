@@ -8,9 +8,11 @@
 //! - [`store`]: the state directory (fsync'd epoch and show).
 //! - [`transport`]: the tokio glue: UDP socket, timers, the gateway's channels, the API.
 
+pub mod api;
 pub mod machine;
 pub mod show;
 #[cfg(test)]
 pub(crate) mod sim;
 pub mod store;
+pub mod transport;
 pub mod wire;
