@@ -584,12 +584,16 @@ impl Task {
             self.running.remove(&name);
             tracing::info!(channel = %name, "cluster: channel stopped");
         }
+        // Unmute first: a hot-standby takeover must not wait for other channels to start.
+        for (name, mode) in &want {
+            let standby = *mode == RunMode::Standby;
+            if self.running.contains_key(name) && gw.set_standby(name, standby) == Some(!standby) {
+                tracing::info!(channel = %name, "cluster: channel output {}", if standby { "muted (hot standby)" } else { "unmuted" });
+            }
+        }
         for (name, mode) in &want {
             let standby = *mode == RunMode::Standby;
             if self.running.contains_key(name) {
-                if gw.set_standby(name, standby) == Some(!standby) {
-                    tracing::info!(channel = %name, mode = ?mode, "cluster: channel output {}", if standby { "muted (hot standby)" } else { "unmuted" });
-                }
                 continue;
             }
             let Some(c) = show.channels.get(name) else {
