@@ -225,6 +225,18 @@ impl Sim {
     /// been in steady contact with.
     fn check_claim(&self, i: usize) {
         let me = self.node(i);
+        // In the claimant's own view: no live member advertises a newer configuration.
+        for (peer, up, advert) in me.members() {
+            assert!(
+                !up || advert.version <= me.version(),
+                "{} claimed {:?} with version {} over live {peer} advertising {}",
+                id(i),
+                me.term(),
+                me.version(),
+                advert.version
+            );
+        }
+        // And in the simulation's ground truth, for members in steady contact.
         let settle = me.master_down() * 2;
         for (j, sn) in self.nodes.iter().enumerate() {
             let Some(other) = &sn.node else { continue };
@@ -344,9 +356,10 @@ impl Sim {
             .collect()
     }
 
-    /// Make an (unforced) configuration change at the manager, if there is one.
-    pub fn change(&mut self, tag: u64) -> Option<Version> {
-        let m = *self.managers().first()?;
+    /// Make a configuration change at a manager, if there is one.
+    pub fn change(&mut self, tag: u64, force: bool) -> Option<Version> {
+        let managers = self.managers();
+        let m = *managers.get(tag as usize % managers.len().max(1))?;
         let n = self.nodes.len();
         let change = ShowChange::Put {
             name: format!("x{}", tag % 3),
@@ -357,7 +370,7 @@ impl Sim {
                 hot_standby: tag % 2 == 0,
             },
         };
-        self.act(m, |node, now| node.change_show(now, &change, false))?
+        self.act(m, |node, now| node.change_show(now, &change, force))?
             .ok()
     }
 }
