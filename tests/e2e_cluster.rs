@@ -535,3 +535,86 @@ fn forged_and_replayed_control_messages_are_rejected() {
     ga.stop();
     gb.stop();
 }
+
+/// Operator actions through the API: a configuration change replicates and starts on its
+/// home, trigger-backup / take-back move a client's channels, a score change rigs an
+/// election, and changes on a non-manager are refused with the manager's name.
+#[test]
+fn api_changes_replicate_and_operator_actions_move_channels() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = [
+        placement("news", "gw-b", "gw-a", false),
+        channel("news", 31, 6031),
+    ]
+    .concat();
+    let a = write_node(dir.path(), "gw-a", 31, &[32], 200, "", &seed);
+    let b = write_node(dir.path(), "gw-b", 32, &[31], 100, "", &seed);
+    let ga = start(&a, 31);
+    let gb = start(&b, 32);
+    wait_for(&ga, "gw-a manager", |v| v["role"] == "manager");
+    wait_for(&gb, "gw-b runs news", |v| runs(v, "news", "active"));
+
+    let extra = channel("extra", 33, 6033);
+    let (code, body) = put_channel(&gb, "extra", &extra, "gw-a", false);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("manager: gw-a"), "{body}");
+    let (code, body) = put_channel(&ga, "extra", &extra.replace("6033", "6031"), "gw-a", false);
+    assert_eq!(code, 400, "an output clash with news is refused: {body}");
+    let (code, body) = put_channel(&ga, "extra", &extra, "gw-a", false);
+    assert_eq!(code, 200, "{body}");
+    let va = wait_for(&ga, "gw-a runs extra", |v| runs(v, "extra", "active"));
+    wait_for(&gb, "gw-b has the change", |v| {
+        v["config_version"] == va["config_version"]
+    });
+
+    let node_b = r#"{"node": "gw-b"}"#;
+    let (code, body) = request(
+        ga.http,
+        "POST",
+        "/api/v1/cluster/trigger-backup",
+        node_b,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for(&ga, "news on its backup", |v| runs(v, "news", "active"));
+    wait_for(&gb, "news left gw-b", |v| {
+        v["running_here"].get("news").is_none()
+    });
+    let (code, body) = request(ga.http, "POST", "/api/v1/cluster/take-back", node_b, None);
+    assert_eq!(code, 200, "{body}");
+    wait_for(&gb, "news back home", |v| runs(v, "news", "active"));
+
+    // Rig an election: the manager's score drops to 0.
+    let (code, body) = request(
+        ga.http,
+        "POST",
+        "/api/v1/cluster/score",
+        r#"{"score": 0}"#,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let vb = wait_for(&gb, "gw-b manager", |v| v["role"] == "manager");
+    assert!(vb["manager_epoch"].as_u64() > va["manager_epoch"].as_u64());
+    let (code, body) = request(
+        ga.http,
+        "DELETE",
+        "/api/v1/cluster/channels/extra",
+        "",
+        None,
+    );
+    assert_eq!(code, 409, "gw-a is no longer manager: {body}");
+    let (code, body) = request(
+        gb.http,
+        "DELETE",
+        "/api/v1/cluster/channels/extra",
+        "",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for(&ga, "extra stopped on gw-a", |v| {
+        v["running_here"].get("extra").is_none() && v["channels"].as_array().unwrap().len() == 1
+    });
+    ga.stop();
+    gb.stop();
+}

@@ -54,6 +54,10 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Largest replicated configuration (canonical JSON), leaving room in one datagram for the
+/// message envelope and its escaping.
+pub const MAX_SHOW_BYTES: usize = 48_000;
+
 /// Operator requests from the API.
 pub enum Request {
     Score(u8, oneshot::Sender<Result<(), ControlError>>),
@@ -450,6 +454,15 @@ impl Task {
                             .map(|(k, c)| (k.as_str(), c.body.as_str()))
                             .collect();
                         parse_channels(&self.show_path, &bodies).map(|_| ())
+                    })
+                    .and_then(|()| {
+                        // A show travels in one datagram (with JSON escaping and the header).
+                        let len = show.canonical().len();
+                        if len > MAX_SHOW_BYTES {
+                            Err(format!("the configuration would be {len} bytes: at most {MAX_SHOW_BYTES} replicate in one control datagram"))
+                        } else {
+                            Ok(())
+                        }
                     })
                     .map_err(ControlError::Show)
                     .and_then(|()| n.change_show(t, &change, force));
