@@ -482,6 +482,7 @@ fn forged_and_replayed_control_messages_are_rejected() {
         version: Default::default(),
         digest: Default::default(),
         placement: None,
+        failed: Default::default(),
     });
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -107,6 +107,10 @@ pub struct Placement {
     pub lost: BTreeSet<NodeId>,
     /// Homes whose channels an operator moved to their backup ("trigger backup").
     pub triggered: BTreeSet<NodeId>,
+    /// Channels moved to their backup because their engine stopped on the home node; they
+    /// stay there until an operator takes them back.
+    #[serde(default)]
+    pub failed: BTreeSet<String>,
 }
 
 /// A node's periodic announcement; from the manager it also carries the command.
@@ -124,6 +128,9 @@ pub struct Advert {
     pub digest: Digest,
     /// Manager only: the command, stamped with `manager`'s term.
     pub placement: Option<Placement>,
+    /// Channels placed on the sender whose engine has stopped there.
+    #[serde(default)]
+    pub failed: BTreeSet<String>,
 }
 
 /// Everything that travels between nodes (authenticated by `wire.rs`).
@@ -172,6 +179,8 @@ pub struct Persisted {
     pub show: Show,
 }
 
+// Outputs are drained as they are made, a handful at a time: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write this to stable storage (fsync) before sending anything that follows.
@@ -360,6 +369,8 @@ pub struct Node {
     placement: Option<Placement>,
     run: BTreeMap<String, RunMode>,
     divergent: BTreeSet<NodeId>,
+    /// Channels placed here whose engine stopped (reported by the glue).
+    failed_here: BTreeSet<String>,
     /// The last manager this node knew of (to tell a manager takeover from a first election).
     last_manager: Option<Term>,
     next_advert: Instant,
@@ -393,6 +404,7 @@ impl Node {
             placement: None,
             run: BTreeMap::new(),
             divergent: BTreeSet::new(),
+            failed_here: BTreeSet::new(),
             last_manager: None,
             next_advert: now,
             advert_now: false,
@@ -861,6 +873,7 @@ impl Node {
             manager,
             version: self.version,
             digest: self.digest,
+            failed: self.failed_here.clone(),
         }
     }
 
@@ -933,6 +946,20 @@ impl Node {
         }
         p.lost.retain(|h| homes.contains(h));
         p.triggered.retain(|h| homes.contains(h));
+        p.failed.retain(|c| self.show.channels.contains_key(c));
+        let mut engine_failed = Vec::new();
+        for (name, c) in &self.show.channels {
+            let reported = if c.home == self.s.node_id {
+                self.failed_here.contains(name)
+            } else {
+                self.peers
+                    .get(&c.home)
+                    .is_some_and(|x| x.up && x.advert.failed.contains(name))
+            };
+            if reported && p.failed.insert(name.clone()) {
+                engine_failed.push(c.home.clone());
+            }
+        }
         let mut returned = Vec::new();
         if self.s.switch_back == SwitchBack::Auto {
             let settled = |h: &NodeId| {
@@ -950,7 +977,9 @@ impl Node {
         p.channels.clear();
         for (name, c) in &self.show.channels {
             let backup = c.backup.as_ref().filter(|b| self.runs(b, false));
-            let moved = p.lost.contains(&c.home) || p.triggered.contains(&c.home);
+            let moved = p.lost.contains(&c.home)
+                || p.triggered.contains(&c.home)
+                || p.failed.contains(name);
             let slot = if moved || !self.runs(&c.home, true) {
                 Slot {
                     active: backup.cloned(),
@@ -966,7 +995,7 @@ impl Node {
         }
         if p != old {
             let newly_lost: Vec<NodeId> = p.lost.difference(&old.lost).cloned().collect();
-            for h in newly_lost {
+            for h in newly_lost.into_iter().chain(engine_failed) {
                 self.takeover(TakeoverKind::Client, h);
             }
             for h in returned {
@@ -1077,7 +1106,11 @@ impl Node {
         if let Some(p) = &mut self.placement {
             let a = p.triggered.remove(node);
             let b = p.lost.remove(node);
-            if a || b {
+            let before = p.failed.len();
+            let show = &self.show;
+            p.failed
+                .retain(|c| show.channels.get(c).is_none_or(|x| x.home != node));
+            if a || b || p.failed.len() != before {
                 self.takeover(TakeoverKind::TakeBack, node.to_owned());
             }
         }
@@ -1154,6 +1187,16 @@ impl Node {
         self.send_show_to_all(now);
         self.evaluate(now);
         version
+    }
+
+    /// The glue found these placed channels' engines stopped here: the manager moves them to
+    /// their backups (until taken back).
+    pub fn set_failed(&mut self, now: Instant, failed: BTreeSet<String>) {
+        if failed != self.failed_here {
+            self.failed_here = failed;
+            self.advert_now = true;
+            self.evaluate(now);
+        }
     }
 
     /// Persisting failed: a node that cannot record its epoch must not act as manager.
@@ -1363,6 +1406,7 @@ mod tests {
             version: Version::default(),
             digest: sim.node(0).digest(),
             placement: Some(Placement::default()),
+            failed: BTreeSet::new(),
         };
         let before = sim.node(0).placement().cloned();
         sim.act(0, |n, now| n.handle_message(now, Message::Advert(stale)));
@@ -1405,6 +1449,25 @@ mod tests {
         sim.run_for(SEC);
         assert_eq!(sim.managers(), vec![1]);
         assert_eq!(sim.node(0).seen(), &t);
+    }
+
+    #[test]
+    fn a_stopped_engine_moves_its_channel_to_the_backup_until_taken_back() {
+        let mut sim = started(&[100, 200, 150]);
+        let failed: BTreeSet<String> = ["c0".to_owned()].into();
+        sim.act(0, |n, now| n.set_failed(now, failed));
+        sim.run_for(SEC);
+        assert_eq!(active(&sim, "c0"), vec![1]);
+        assert_eq!(sim.node(1).stats.takeovers.get("client"), Some(&1));
+        // The glue stops the dead channel and clears the report: the channel stays moved.
+        sim.act(0, |n, now| n.set_failed(now, BTreeSet::new()));
+        sim.run_for(2 * SEC);
+        assert_eq!(active(&sim, "c0"), vec![1]);
+        sim.act(1, |n, now| n.take_back(now, "n0"))
+            .unwrap()
+            .unwrap();
+        sim.run_for(SEC);
+        assert_eq!(active(&sim, "c0"), vec![0]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! state directory (fsync) *before* sending what follows them, sends the authenticated
 //! messages, and starts, stops, mutes and unmutes the gateway's channels on `Run` events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -204,7 +204,12 @@ fn status(node: &Node, rejected: &BTreeMap<&'static str, u64>) -> ClusterStatus 
         alarms
             .push("no manager: waiting for peers (POST /api/v1/cluster/force to run alone)".into());
     }
-    if placement.is_some() {
+    if let Some(p) = placement {
+        for c in &p.failed {
+            alarms.push(format!(
+                "channel {c}: its engine stopped on its home node; on its backup until take-back"
+            ));
+        }
         for c in channels.iter().filter(|c| c.active.is_none()) {
             alarms.push(format!(
                 "channel {}: neither its home nor its backup is up",
@@ -346,6 +351,7 @@ pub async fn start(
         rejected: BTreeMap::new(),
         show_path: show_path.clone(),
         running: HashMap::new(),
+        failed: BTreeSet::new(),
     };
     tracing::info!(node = %cluster.node_id, listen = %cluster.listen, peers = cluster.peers.len(), score = cluster.score, "cluster: control started");
     let join = tokio::spawn(task.run(rx, stop_rx));
@@ -373,6 +379,8 @@ struct Task {
     show_path: PathBuf,
     /// Channels started here and the body they were started with.
     running: HashMap<String, String>,
+    /// Channels started here whose thread has ended, as last reported to the node.
+    failed: BTreeSet<String>,
 }
 
 impl Task {
@@ -391,7 +399,10 @@ impl Task {
                     Ok((len, from)) => self.datagram(&buf[..len], from),
                     Err(e) => tracing::debug!(error = %e, "cluster: receive failed"),
                 },
-                _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(now()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.node.handle_timeout(now());
+                    self.check_engines().await;
+                }
                 Some(req) = rx.recv() => self.request(req),
                 _ = &mut stop => {
                     self.node.leave();
@@ -574,6 +585,29 @@ impl Task {
                 tracing::warn!(from = %from, epoch = %term, "cluster: command with a stale epoch rejected");
                 false
             }
+        }
+    }
+
+    /// Report channels whose engine (thread) stopped: the manager moves them to their backup.
+    async fn check_engines(&mut self) {
+        let gw = self.state.gateway.read().await;
+        let failed: BTreeSet<String> = self
+            .running
+            .keys()
+            .filter(|n| {
+                gw.find(n)
+                    .and_then(|c| c.handle.as_ref())
+                    .is_some_and(|h| !h.is_running())
+            })
+            .cloned()
+            .collect();
+        drop(gw);
+        if failed != self.failed {
+            for c in failed.difference(&self.failed) {
+                tracing::error!(channel = %c, "cluster: channel engine stopped: asking the manager to move it to its backup");
+            }
+            self.failed = failed.clone();
+            self.node.set_failed(now(), failed);
         }
     }
 
