@@ -332,6 +332,8 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(16);
     let (status_tx, status_rx) = watch::channel(status(&node, &BTreeMap::new()));
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (desired_tx, desired_rx) = watch::channel((BTreeMap::new(), Show::default()));
+    let (failed_tx, failed_rx) = mpsc::channel(4);
     let show_path = cfg
         .path
         .as_ref()
@@ -346,15 +348,24 @@ pub async fn start(
         enc,
         dec,
         store,
-        state,
         status: status_tx,
         rejected: BTreeMap::new(),
+        show_path: show_path.clone(),
+        desired: desired_tx,
+    };
+    let reconciler = Reconciler {
+        state,
         show_path: show_path.clone(),
         running: HashMap::new(),
         failed: BTreeSet::new(),
     };
+    let reconcile = tokio::spawn(reconciler.run(desired_rx, failed_tx, cluster.advert_interval));
     tracing::info!(node = %cluster.node_id, listen = %cluster.listen, peers = cluster.peers.len(), score = cluster.score, "cluster: control started");
-    let join = tokio::spawn(task.run(rx, stop_rx));
+    let join = tokio::spawn(async move {
+        task.run(rx, stop_rx, failed_rx).await;
+        // The control task dropped the desired-state sender: the reconciler ends.
+        let _ = reconcile.await;
+    });
     Ok(ClusterHandle {
         tx,
         status: status_rx,
@@ -373,18 +384,31 @@ struct Task {
     enc: Encoder,
     dec: Decoder,
     store: Store,
-    state: Arc<AppState>,
     status: watch::Sender<ClusterStatus>,
     rejected: BTreeMap<&'static str, u64>,
     show_path: PathBuf,
+    /// What the channels must be: the reconciler task applies the latest.
+    desired: watch::Sender<(BTreeMap<String, RunMode>, Show)>,
+}
+
+/// Applies the run set to the gateway in its own task, so that a slow channel start or a
+/// busy gateway lock never delays an advert (which would look like a lost node).
+struct Reconciler {
+    state: Arc<AppState>,
+    show_path: PathBuf,
     /// Channels started here and the body they were started with.
     running: HashMap<String, String>,
-    /// Channels started here whose thread has ended, as last reported to the node.
+    /// Channels started here whose thread has ended, as last reported.
     failed: BTreeSet<String>,
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>, mut stop: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Request>,
+        mut stop: oneshot::Receiver<()>,
+        mut failed: mpsc::Receiver<BTreeSet<String>>,
+    ) {
         let mut buf = vec![0u8; super::wire::MAX_DATAGRAM];
         self.node.handle_timeout(now());
         self.flush().await;
@@ -399,10 +423,8 @@ impl Task {
                     Ok((len, from)) => self.datagram(&buf[..len], from),
                     Err(e) => tracing::debug!(error = %e, "cluster: receive failed"),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.node.handle_timeout(now());
-                    self.check_engines().await;
-                }
+                _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(now()),
+                Some(f) = failed.recv() => self.node.set_failed(now(), f),
                 Some(req) = rx.recv() => self.request(req),
                 _ = &mut stop => {
                     self.node.leave();
@@ -497,7 +519,15 @@ impl Task {
             while let Some(o) = self.node.poll_output() {
                 match o {
                     Output::Persist(p) => {
+                        let t = now();
                         let r = tokio::task::block_in_place(|| self.store.save(&p));
+                        let took = t.elapsed();
+                        if took > std::time::Duration::from_millis(20) {
+                            tracing::warn!(
+                                took_ms = took.as_secs_f64() * 1000.0,
+                                "cluster: persisting the state (fsync) was slow: takeovers wait for it"
+                            );
+                        }
                         if let Err(e) = r {
                             tracing::error!(error = %e, "cluster: cannot persist the state: not acting as manager");
                             self.node.persist_failed(now());
@@ -516,7 +546,9 @@ impl Task {
             }
         }
         if reconcile {
-            self.reconcile().await;
+            let _ = self
+                .desired
+                .send((self.node.run_set().clone(), self.node.show().clone()));
         }
         let st = status(&self.node, &self.rejected);
         let _ = self.status.send(st);
@@ -587,9 +619,33 @@ impl Task {
             }
         }
     }
+}
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        mut desired: watch::Receiver<(BTreeMap<String, RunMode>, Show)>,
+        report: mpsc::Sender<BTreeSet<String>>,
+        period: std::time::Duration,
+    ) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = desired.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let (want, show) = desired.borrow_and_update().clone();
+                    self.reconcile(&want, &show).await;
+                }
+                _ = tick.tick() => self.check_engines(&report).await,
+            }
+        }
+    }
 
     /// Report channels whose engine (thread) stopped: the manager moves them to their backup.
-    async fn check_engines(&mut self) {
+    async fn check_engines(&mut self, report: &mpsc::Sender<BTreeSet<String>>) {
         let gw = self.state.gateway.read().await;
         let failed: BTreeSet<String> = self
             .running
@@ -607,14 +663,12 @@ impl Task {
                 tracing::error!(channel = %c, "cluster: channel engine stopped: asking the manager to move it to its backup");
             }
             self.failed = failed.clone();
-            self.node.set_failed(now(), failed);
+            let _ = report.send(failed).await;
         }
     }
 
     /// Make the gateway's channels match the run set: start, stop, mute, unmute.
-    async fn reconcile(&mut self) {
-        let want = self.node.run_set().clone();
-        let show = self.node.show().clone();
+    async fn reconcile(&mut self, want: &BTreeMap<String, RunMode>, show: &Show) {
         let mut gw = self.state.gateway.write().await;
         // Stop what is no longer placed here, or whose configuration changed.
         let stale: Vec<String> = self
@@ -632,13 +686,13 @@ impl Task {
             tracing::info!(channel = %name, "cluster: channel stopped");
         }
         // Unmute first: a hot-standby takeover must not wait for other channels to start.
-        for (name, mode) in &want {
+        for (name, mode) in want {
             let standby = *mode == RunMode::Standby;
             if self.running.contains_key(name) && gw.set_standby(name, standby) == Some(!standby) {
                 tracing::info!(channel = %name, "cluster: channel output {}", if standby { "muted (hot standby)" } else { "unmuted" });
             }
         }
-        for (name, mode) in &want {
+        for (name, mode) in want {
             let standby = *mode == RunMode::Standby;
             if self.running.contains_key(name) {
                 continue;
