@@ -115,7 +115,7 @@ pub struct Placement {
 
 /// A node's periodic announcement; from the manager it also carries the command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields added by a later version are ignored (rolling upgrades); the MAC still covers them.
 pub struct Advert {
     pub node: NodeId,
     pub score: u8,
@@ -135,7 +135,7 @@ pub struct Advert {
 
 /// Everything that travels between nodes (authenticated by `wire.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields added by a later version are ignored (rolling upgrades); the MAC still covers them.
 pub enum Message {
     Advert(Advert),
     /// A full copy of the show, sent to a peer that advertises an older version.
