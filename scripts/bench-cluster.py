@@ -251,6 +251,7 @@ def trial(binary, k):
                 res[n] = (first - killed) * 1000
             res["manager"] = (logs_b.timestamp("this node is manager", killed) - killed) * 1000
             if res["manager"] > 200 and os.environ.get("BENCH_DEBUG"):
+                print("   killed at", datetime.datetime.fromtimestamp(killed, datetime.timezone.utc).isoformat())
                 for line in logs_b.lines:
                     if "listening" not in line and "output channel" not in line:
                         print("   gw-b:", line.rstrip())

@@ -52,6 +52,8 @@ pub(crate) struct SimNode {
     pub settings: Settings,
     pub node: Option<Node>,
     pub disk: Persisted,
+    /// Background writes not yet durable: applied at the next step, lost by a kill.
+    pending: Vec<Persisted>,
     started: Instant,
     /// Every term this node has claimed, in order (across restarts).
     claims: Vec<Term>,
@@ -84,6 +86,7 @@ impl Sim {
                 .map(|(i, &sc)| SimNode {
                     settings: settings(i, n, sc),
                     node: None,
+                    pending: Vec::new(),
                     disk: Persisted {
                         show: show.clone(),
                         ..Persisted::default()
@@ -132,6 +135,7 @@ impl Sim {
     /// kill -9: nothing more is sent; what was persisted stays.
     pub fn stop(&mut self, i: usize) {
         self.nodes[i].node = None;
+        self.nodes[i].pending.clear();
         self.queue.retain(|_, (from, to, _)| *from != i && *to != i);
     }
 
@@ -165,36 +169,35 @@ impl Sim {
             return;
         };
         let mut sends = Vec::new();
-        let mut persisted = None;
+        let mut writes = Vec::new();
         while let Some(o) = node.poll_output() {
             match o {
-                Output::Persist(p) => persisted = Some(p),
+                Output::Persist { state, barrier } => writes.push((state, barrier)),
                 Output::Transmit { to, msg } => sends.push((to, msg)),
             }
         }
         while node.poll_event().is_some() {}
         let (role, term) = (node.role(), node.term().cloned());
-        if let Some(p) = persisted {
-            assert!(
-                p.version >= self.nodes[i].disk.version,
-                "{}: persisted version went backwards",
-                id(i)
-            );
-            assert!(
-                p.seen >= self.nodes[i].disk.seen,
-                "seen term went backwards"
-            );
-            if p.version != self.nodes[i].disk.version {
-                self.nodes[i].version_changed = self.now;
+        // A barrier write makes every earlier write durable too (writes are in order).
+        if let Some(last) = writes.iter().rposition(|(_, b)| *b) {
+            let durable: Vec<Persisted> = self.nodes[i]
+                .pending
+                .drain(..)
+                .chain(writes.drain(..=last).map(|(s, _)| s))
+                .collect();
+            for p in durable {
+                self.write(i, p);
             }
-            self.max_version = self.max_version.max(p.version);
-            self.nodes[i].disk = p;
         }
+        self.nodes[i]
+            .pending
+            .extend(writes.into_iter().map(|(s, _)| s));
         if role == Role::Manager {
             let term = term.expect("a manager has a term");
+            let disk = &self.nodes[i].disk;
             assert!(
-                self.nodes[i].disk.seen >= term,
-                "{}: acting as manager of {term} before persisting it",
+                disk.seen >= term || disk.reserved >= term.n,
+                "{}: acting as manager of {term} before its epoch is on disk",
                 id(i)
             );
             if self.nodes[i].claims.last() != Some(&term) {
@@ -219,6 +222,26 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// A write becomes durable: check it and tell the node.
+    fn write(&mut self, i: usize, p: Persisted) {
+        let sn = &mut self.nodes[i];
+        assert!(
+            p.version >= sn.disk.version,
+            "{}: persisted version went backwards",
+            id(i)
+        );
+        assert!(p.seen >= sn.disk.seen, "seen term went backwards");
+        assert!(p.reserved >= sn.disk.reserved, "reservation went backwards");
+        if p.version != sn.disk.version {
+            sn.version_changed = self.now;
+        }
+        self.max_version = self.max_version.max(p.version);
+        if let Some(n) = sn.node.as_mut() {
+            n.handle_persisted(&p);
+        }
+        sn.disk = p;
     }
 
     /// Invariant: a claimant never has an older configuration than an eligible node it has
@@ -297,6 +320,12 @@ impl Sim {
             return false;
         }
         self.now = self.now.max(t);
+        for i in 0..self.nodes.len() {
+            let pending: Vec<Persisted> = self.nodes[i].pending.drain(..).collect();
+            for p in pending {
+                self.write(i, p);
+            }
+        }
         while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > self.now {
                 break;

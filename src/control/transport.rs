@@ -334,6 +334,7 @@ pub async fn start(
     let (stop_tx, stop_rx) = oneshot::channel();
     let (desired_tx, desired_rx) = watch::channel((BTreeMap::new(), Show::default()));
     let (failed_tx, failed_rx) = mpsc::channel(4);
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let show_path = cfg
         .path
         .as_ref()
@@ -347,7 +348,7 @@ pub async fn start(
         addrs: HashMap::new(),
         enc,
         dec,
-        store,
+        writer: spawn_writer(store, acks_tx),
         status: status_tx,
         rejected: BTreeMap::new(),
         show_path: show_path.clone(),
@@ -362,7 +363,7 @@ pub async fn start(
     let reconcile = tokio::spawn(reconciler.run(desired_rx, failed_tx, cluster.advert_interval));
     tracing::info!(node = %cluster.node_id, listen = %cluster.listen, peers = cluster.peers.len(), score = cluster.score, "cluster: control started");
     let join = tokio::spawn(async move {
-        task.run(rx, stop_rx, failed_rx).await;
+        task.run(rx, stop_rx, failed_rx, acks_rx).await;
         // The control task dropped the desired-state sender: the reconciler ends.
         let _ = reconcile.await;
     });
@@ -383,12 +384,58 @@ struct Task {
     addrs: HashMap<String, SocketAddr>,
     enc: Encoder,
     dec: Decoder,
-    store: Store,
+    /// The state directory's writer thread: writes in order, fsync'd.
+    writer: std::sync::mpsc::Sender<WriteJob>,
     status: watch::Sender<ClusterStatus>,
     rejected: BTreeMap<&'static str, u64>,
     show_path: PathBuf,
     /// What the channels must be: the reconciler task applies the latest.
     desired: watch::Sender<(BTreeMap<String, RunMode>, Show)>,
+}
+
+/// One write for the state directory's writer thread.
+struct WriteJob {
+    state: Persisted,
+    /// Barrier writes: the control task waits for this answer before going on.
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The writer thread: writes (fsync) in order, so that the state on disk never goes
+/// backwards; background writes are acknowledged to the control task through `acks`.
+fn spawn_writer(
+    store: Store,
+    acks: mpsc::UnboundedSender<Result<Persisted, StoreError>>,
+) -> std::sync::mpsc::Sender<WriteJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+    let spawned = std::thread::Builder::new()
+        .name("cluster-store".into())
+        .spawn(move || {
+            for job in rx {
+                let t = now();
+                let r = store.save(&job.state);
+                let took = t.elapsed();
+                if took > std::time::Duration::from_millis(20) {
+                    tracing::warn!(
+                        took_ms = took.as_secs_f64() * 1000.0,
+                        barrier = job.done.is_some(),
+                        "cluster: persisting the state (fsync) was slow"
+                    );
+                }
+                match job.done {
+                    Some(done) => {
+                        let _ = done.send(r);
+                    }
+                    None => {
+                        let _ = acks.send(r.map(|()| job.state));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without a writer every barrier write fails and the node never acts as manager.
+        tracing::error!(error = %e, "cluster: cannot start the state writer thread");
+    }
+    tx
 }
 
 /// Applies the run set to the gateway in its own task, so that a slow channel start or a
@@ -408,6 +455,7 @@ impl Task {
         mut rx: mpsc::Receiver<Request>,
         mut stop: oneshot::Receiver<()>,
         mut failed: mpsc::Receiver<BTreeSet<String>>,
+        mut acks: mpsc::UnboundedReceiver<Result<Persisted, StoreError>>,
     ) {
         let mut buf = vec![0u8; super::wire::MAX_DATAGRAM];
         self.node.handle_timeout(now());
@@ -425,6 +473,10 @@ impl Task {
                 },
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(now()),
                 Some(f) = failed.recv() => self.node.set_failed(now(), f),
+                Some(r) = acks.recv() => match r {
+                    Ok(state) => self.node.handle_persisted(&state),
+                    Err(e) => tracing::error!(error = %e, "cluster: cannot persist the state"),
+                },
                 Some(req) = rx.recv() => self.request(req),
                 _ = &mut stop => {
                     self.node.leave();
@@ -518,19 +570,39 @@ impl Task {
         loop {
             while let Some(o) = self.node.poll_output() {
                 match o {
-                    Output::Persist(p) => {
-                        let t = now();
-                        let r = tokio::task::block_in_place(|| self.store.save(&p));
-                        let took = t.elapsed();
-                        if took > std::time::Duration::from_millis(20) {
-                            tracing::warn!(
-                                took_ms = took.as_secs_f64() * 1000.0,
-                                "cluster: persisting the state (fsync) was slow: takeovers wait for it"
-                            );
-                        }
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "cluster: cannot persist the state: not acting as manager");
-                            self.node.persist_failed(now());
+                    Output::Persist {
+                        state,
+                        barrier: false,
+                    } => {
+                        let _ = self.writer.send(WriteJob { state, done: None });
+                    }
+                    Output::Persist {
+                        state,
+                        barrier: true,
+                    } => {
+                        let (tx, rx) = oneshot::channel();
+                        let job = WriteJob {
+                            state: state.clone(),
+                            done: Some(tx),
+                        };
+                        let written = match self.writer.send(job) {
+                            Ok(()) => rx.await.unwrap_or_else(|_| {
+                                Err(StoreError::Io {
+                                    path: PathBuf::from("state_dir"),
+                                    source: std::io::Error::other("writer thread stopped"),
+                                })
+                            }),
+                            Err(_) => Err(StoreError::Io {
+                                path: PathBuf::from("state_dir"),
+                                source: std::io::Error::other("writer thread stopped"),
+                            }),
+                        };
+                        match written {
+                            Ok(()) => self.node.handle_persisted(&state),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cluster: cannot persist the state: not acting as manager");
+                                self.node.persist_failed(now());
+                            }
                         }
                     }
                     Output::Transmit { to, msg } => self.send(&to, &msg).await,
