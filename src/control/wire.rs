@@ -276,6 +276,38 @@ mod tests {
     }
 
     proptest! {
+        /// Every advert survives the codec unchanged, and any single flipped bit is caught.
+        #[test]
+        fn adverts_round_trip_and_bit_flips_fail(
+            node in "[a-z0-9_.-]{1,16}",
+            score in any::<u8>(),
+            n in any::<u64>(),
+            version in any::<(u64, u64)>(),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            use super::super::machine::{Advert, Roles, Term};
+            use super::super::show::Version;
+            let msg = Message::Advert(Advert {
+                node: node.clone(),
+                score,
+                roles: Roles::ALL,
+                seen: Term { n, node: node.clone() },
+                manager: Some(Term { n, node: node.clone() }),
+                version: Version { epoch: version.0, version: version.1 },
+                digest: Default::default(),
+                placement: None,
+                failed: Default::default(),
+            });
+            let mut e = Encoder::new(KEY, &node).unwrap();
+            let dg = e.encode(T, &msg).unwrap();
+            let mut d = Decoder::new(KEY).unwrap();
+            let mut bad = dg.clone();
+            let bit = flip.index(bad.len() * 8);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(d.decode(T, &bad).is_err());
+            prop_assert_eq!(d.decode(T, &dg), Ok(msg));
+        }
+
         /// Network input never panics, and nothing but a genuine message is accepted.
         #[test]
         fn arbitrary_bytes_never_panic_nor_pass(data in proptest::collection::vec(any::<u8>(), 0..300)) {
