@@ -46,18 +46,28 @@ impl Gateway {
             }
         });
         // The bound is a failure guard, not a wait: the line normally comes in milliseconds.
+        // Lines logged before "ready" (a channel's start-up switch can be) stay readable
+        // by `wait_log`: they go first into the channel the test reads.
+        let mut early = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.contains("hitless ready") => break,
-                Ok(line) => eprintln!("gateway: {line}"),
+                Ok(line) => early.push(line),
                 Err(e) => panic!("gateway did not become ready: {e}"),
             }
         }
-        Gateway {
-            child,
-            http,
-            log: rx,
+        let (tx2, log) = mpsc::channel();
+        for line in early {
+            let _ = tx2.send(line);
         }
+        std::thread::spawn(move || {
+            for line in rx {
+                if tx2.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Gateway { child, http, log }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
