@@ -11,6 +11,10 @@
 //! | POST | `/api/v1/channels/{name}/stage` | `{"stage":"pre-live"\|"live"\|"post-live"}` |
 //! | POST | `/api/v1/channels/{name}/mute`, `/unmute` | notifications and warning logs off / on |
 //! | POST | `/api/v1/channels/{name}/disable`, `/enable` | stop (sockets closed) / start again |
+//! | * | `/api/v1/cluster...` | cluster status and actions (see `control::api`) |
+//!
+//! When `node.api_token_file` is set, every request other than GET/HEAD needs
+//! `Authorization: Bearer <token>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +36,10 @@ pub struct AppState {
     pub node: String,
     pub gateway: RwLock<Gateway>,
     pub prometheus: PrometheusHandle,
+    /// Set once the control task runs (nodes with `[cluster]`).
+    pub cluster: std::sync::OnceLock<crate::control::transport::ClusterHandle>,
+    /// Bearer token for mutating calls (`node.api_token_file`).
+    pub api_token: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -48,6 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{name}/unmute", post(unmute))
         .route("/api/v1/channels/{name}/enable", post(enable))
         .route("/api/v1/channels/{name}/disable", post(disable))
+        .merge(crate::control::api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 
@@ -66,6 +79,39 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Mutating calls need the bearer token when one is configured.
+async fn require_token(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &st.api_token {
+        let m = req.method();
+        if m != axum::http::Method::GET && m != axum::http::Method::HEAD {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(Outcome::err(
+                        "missing or wrong bearer token (Authorization: Bearer ...)".into(),
+                    )),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Constant-time comparison: the time taken does not reveal where the strings differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 async fn index() -> &'static str {
     "hitless: see /metrics, /healthz, /api/v1/channels\n"
 }
@@ -73,6 +119,10 @@ async fn index() -> &'static str {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     for s in st.gateway.read().await.snapshots().await {
         crate::metrics::publish(&s);
+    }
+    if let Some(c) = st.cluster.get() {
+        let status = c.status.borrow().clone();
+        crate::metrics::publish_cluster(&status);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

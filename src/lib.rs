@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod ingest;
 pub mod merge;

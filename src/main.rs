@@ -110,7 +110,29 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let prometheus = hitless::metrics::install();
-    let gateway = hitless::runtime::Gateway::start(&cfg)?;
+    let api_token = match &cfg.node.api_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("reading node.api_token_file {}", p.display()))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "node.api_token_file {} is empty",
+                p.display()
+            );
+            Some(t)
+        }
+        None => None,
+    };
+    // A cluster member starts no channel by itself: the manager places them.
+    let gateway = if cfg.cluster.is_some() {
+        hitless::runtime::Gateway::start(&Config {
+            channels: Vec::new(),
+            ..cfg.clone()
+        })?
+    } else {
+        hitless::runtime::Gateway::start(&cfg)?
+    };
     let listener = hitless::http::bind(cfg.node.http_listen)
         .await
         .with_context(|| format!("binding node.http_listen {}", cfg.node.http_listen))?;
@@ -119,7 +141,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         node: cfg.node.name.clone(),
         gateway: tokio::sync::RwLock::new(gateway),
         prometheus,
+        cluster: std::sync::OnceLock::new(),
+        api_token,
     });
+    if let Some(cl) = &cfg.cluster {
+        let h = hitless::control::transport::start(&cfg, cl, state.clone()).await?;
+        let _ = state.cluster.set(h);
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(hitless::http::serve(listener, state.clone(), async {
         let _ = stop_rx.await;
@@ -130,6 +158,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     let _ = http.await;
+    if let Some(c) = state.cluster.get() {
+        c.shutdown().await;
+    }
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("HTTP state still in use at shutdown"))?;
     for s in state.gateway.into_inner().shutdown().await {

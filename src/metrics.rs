@@ -39,6 +39,17 @@ pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
 pub const MERGE_ALIGNED: &str = "hitless_merge_aligned";
 pub const MERGE_DIVERGED: &str = "hitless_merge_diverged_total";
 
+pub const CLUSTER_ROLE: &str = "hitless_cluster_role";
+pub const CLUSTER_EPOCH: &str = "hitless_cluster_epoch";
+pub const CLUSTER_CONFIG_VERSION: &str = "hitless_cluster_config_version";
+pub const CLUSTER_CONFIG_EPOCH: &str = "hitless_cluster_config_epoch";
+pub const CLUSTER_TAKEOVERS: &str = "hitless_cluster_takeovers_total";
+pub const CLUSTER_PEER_UP: &str = "hitless_cluster_peer_up";
+pub const CLUSTER_DIVERGENCE: &str = "hitless_cluster_divergence";
+pub const CLUSTER_UNREPLICATED: &str = "hitless_cluster_unreplicated";
+pub const CLUSTER_REJECTED: &str = "hitless_cluster_rejected_messages_total";
+pub const CLUSTER_STALE_COMMANDS: &str = "hitless_cluster_stale_commands_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the global Prometheus recorder once per process and return its handle.
@@ -149,6 +160,58 @@ fn describe() {
         MERGE_DIVERGED,
         "Content merge: times the legs were found not to be the same stream."
     );
+    describe_gauge!(CLUSTER_ROLE, "1 for this node's cluster role.");
+    describe_gauge!(CLUSTER_EPOCH, "Highest manager epoch this node has seen.");
+    describe_gauge!(
+        CLUSTER_CONFIG_VERSION,
+        "Version counter of the replicated configuration held here."
+    );
+    describe_gauge!(
+        CLUSTER_CONFIG_EPOCH,
+        "Epoch of the replicated configuration held here."
+    );
+    describe_counter!(CLUSTER_TAKEOVERS, "Takeovers decided here, by kind.");
+    describe_gauge!(CLUSTER_PEER_UP, "1 while the peer's adverts arrive.");
+    describe_gauge!(
+        CLUSTER_DIVERGENCE,
+        "Peers holding the same configuration version with different content (alarm)."
+    );
+    describe_gauge!(
+        CLUSTER_UNREPLICATED,
+        "1 while a forced configuration change has not reached every member."
+    );
+    describe_counter!(
+        CLUSTER_REJECTED,
+        "Control messages dropped, by reason (unauthenticated, replayed, malformed)."
+    );
+    describe_counter!(
+        CLUSTER_STALE_COMMANDS,
+        "Manager commands refused because a higher epoch was already seen."
+    );
+}
+
+/// Write the cluster status into the recorder.
+pub fn publish_cluster(s: &crate::control::transport::ClusterStatus) {
+    for role in crate::control::transport::role_labels() {
+        let l = [("node", s.node.clone()), ("role", role.to_owned())];
+        gauge!(CLUSTER_ROLE, &l).set(if s.role == role { 1.0 } else { 0.0 });
+    }
+    gauge!(CLUSTER_EPOCH).set(s.epoch as f64);
+    gauge!(CLUSTER_CONFIG_VERSION).set(s.config_version.version as f64);
+    gauge!(CLUSTER_CONFIG_EPOCH).set(s.config_version.epoch as f64);
+    for kind in crate::control::transport::takeover_kinds() {
+        let n = s.takeovers.get(kind).copied().unwrap_or(0);
+        counter!(CLUSTER_TAKEOVERS, "kind" => kind).absolute(n);
+    }
+    for m in s.members.iter().filter(|m| !m.this_node) {
+        gauge!(CLUSTER_PEER_UP, "peer" => m.node.clone()).set(if m.up { 1.0 } else { 0.0 });
+    }
+    gauge!(CLUSTER_DIVERGENCE).set(s.divergent.len() as f64);
+    gauge!(CLUSTER_UNREPLICATED).set(if s.unreplicated { 1.0 } else { 0.0 });
+    for (reason, n) in &s.rejected_messages {
+        counter!(CLUSTER_REJECTED, "reason" => *reason).absolute(*n);
+    }
+    counter!(CLUSTER_STALE_COMMANDS).absolute(s.stale_commands);
 }
 
 /// Write one channel's snapshot into the recorder.

@@ -44,6 +44,9 @@ pub struct Output {
     epoch: Option<Instant>,
     headers: Vec<[u8; rtp::FIXED_HEADER_LEN]>,
     pub stats: OutputStats,
+    /// Hot standby (cluster): while set, nothing is sent; the channel still receives and
+    /// merges, so that a takeover only clears it.
+    standby: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Output {
@@ -65,12 +68,26 @@ impl Output {
             epoch: None,
             headers: Vec::with_capacity(mmsg::BATCH),
             stats: OutputStats::default(),
+            standby: Default::default(),
         })
+    }
+
+    /// Share a hot-standby flag: while it is set, this output sends nothing.
+    pub fn with_standby(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Output {
+        self.standby = flag;
+        self
+    }
+
+    fn is_standby(&self) -> bool {
+        self.standby.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Send RTP datagrams in order (merge modes): whole for `rtp://`, payload only for
     /// `udp://`. Waits for socket space if the kernel buffer is full.
     pub async fn send_rtp(&mut self, pkts: &[RtpPacket]) {
+        if self.is_standby() {
+            return;
+        }
         let strip = !self.rtp_out;
         let mut done = 0;
         while done < pkts.len() {
@@ -97,7 +114,7 @@ impl Output {
 
     /// Send TS packets (switch mode), 7 to a datagram, with a fresh RTP header for `rtp://`.
     pub async fn send_ts(&mut self, now: Instant, ts: &[Bytes]) {
-        if ts.is_empty() {
+        if ts.is_empty() || self.is_standby() {
             return;
         }
         let epoch = *self.epoch.get_or_insert(now);

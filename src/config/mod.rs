@@ -33,8 +33,11 @@ use std::time::Duration;
 
 use crate::url::StreamUrl;
 
+pub mod cluster;
 mod raw;
 mod validate;
+
+pub use cluster::ClusterConfig;
 
 /// The configuration embedded in the binary, used by `hitless run` without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
@@ -184,6 +187,8 @@ pub struct HoldDownConfig {
 pub struct Config {
     pub node: NodeConfig,
     pub channels: Vec<ChannelConfig>,
+    /// `[cluster]`: this node is a member of a multi-node system (`None`: standalone).
+    pub cluster: Option<ClusterConfig>,
     /// Where it was loaded from (`None` for the embedded default).
     pub path: Option<PathBuf>,
 }
@@ -194,6 +199,9 @@ pub struct NodeConfig {
     pub name: String,
     /// Where the HTTP API and `/metrics` listen (default `127.0.0.1:9000`).
     pub http_listen: SocketAddr,
+    /// `api_token_file`, resolved against the config file: mutating API calls then need
+    /// `Authorization: Bearer <token>`.
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     /// `[[channel]]`: one entry per merged stream. At least one is required.
     #[serde(default)]
     pub channel: Vec<Spanned<RawChannel>>,
+    /// `[cluster]`: several nodes as one system (see `cluster.rs`). Optional.
+    pub cluster: Option<super::cluster::RawCluster>,
 }
 
 /// `[node]`
@@ -33,6 +35,9 @@ pub(super) struct RawNode {
     /// `IP:PORT` where `/metrics`, `/healthz` and `/api/v1/...` are served.
     /// Default `"127.0.0.1:9000"`.
     pub http_listen: Option<Spanned<String>>,
+    /// File holding a bearer token required by mutating API calls. Optional (recommended
+    /// whenever `http_listen` is not loopback).
+    pub api_token_file: Option<Spanned<String>>,
 }
 
 /// `[[channel]]`

@@ -51,8 +51,8 @@ pub(super) fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErr
     }
 }
 
-struct Validator<'a> {
-    text: &'a str,
+pub(super) struct Validator<'a> {
+    pub(super) text: &'a str,
     file: String,
     diags: Vec<Diagnostic>,
 }
@@ -78,7 +78,7 @@ struct Seen {
 }
 
 impl Validator<'_> {
-    fn report(&mut self, span: Range<usize>, key: &str, message: String) {
+    pub(super) fn report(&mut self, span: Range<usize>, key: &str, message: String) {
         let (line, column) = line_col(self.text, span.start);
         self.diags.push(Diagnostic {
             file: self.file.clone(),
@@ -131,8 +131,9 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, base: Option<&Path>) -> Config {
-        let node = self.node(raw.node);
-        if raw.channel.is_empty() {
+        let node = self.node(raw.node, base);
+        // A cluster member may start with no channels of its own: the show comes from peers.
+        if raw.channel.is_empty() && raw.cluster.is_none() {
             self.report(
                 0..0,
                 "channel",
@@ -140,23 +141,31 @@ impl Validator<'_> {
             );
         }
         let mut seen = Seen::default();
-        let channels = raw
+        let channels: Vec<ChannelConfig> = raw
             .channel
             .into_iter()
             .enumerate()
             .map(|(i, ch)| self.channel(i, ch, base, &mut seen))
             .collect();
+        let names: Vec<String> = channels.iter().map(|c| c.name.clone()).collect();
+        let cluster = raw.cluster.map(|c| self.cluster(c, base, &names));
         Config {
             node,
             channels,
+            cluster,
             path: None,
         }
     }
 
-    fn node(&mut self, raw: Option<RawNode>) -> NodeConfig {
+    fn node(&mut self, raw: Option<RawNode>, base: Option<&Path>) -> NodeConfig {
         let raw = raw.unwrap_or(RawNode {
             name: None,
             http_listen: None,
+            api_token_file: None,
+        });
+        let api_token_file = raw.api_token_file.as_ref().map(|f| match base {
+            Some(b) if Path::new(f.get_ref()).is_relative() => b.join(f.get_ref()),
+            _ => Path::new(f.get_ref()).to_owned(),
         });
         let name = match &raw.name {
             Some(n) => {
@@ -185,11 +194,15 @@ impl Validator<'_> {
                 }
             },
         };
-        NodeConfig { name, http_listen }
+        NodeConfig {
+            name,
+            http_listen,
+            api_token_file,
+        }
     }
 
     /// Names become metric labels, so they are restricted to `[A-Za-z0-9_.-]`.
-    fn check_name(&mut self, name: &Spanned<String>, key: &str, who: &str) -> bool {
+    pub(super) fn check_name(&mut self, name: &Spanned<String>, key: &str, who: &str) -> bool {
         let n = name.get_ref();
         if n.is_empty() {
             self.report(
@@ -218,7 +231,7 @@ impl Validator<'_> {
 
     /// A whole number with a default and an inclusive range.
     #[allow(clippy::too_many_arguments)]
-    fn ranged(
+    pub(super) fn ranged(
         &mut self,
         value: &Option<Spanned<u64>>,
         default: u64,

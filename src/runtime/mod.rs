@@ -22,6 +22,9 @@ use crate::ingest::Leg;
 use crate::net::NetError;
 use crate::output::Output;
 
+/// Shared with a channel's outputs: while set, they send nothing (cluster hot standby).
+pub type StandbyFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 /// How long the API waits for a channel thread to answer a command.
 pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -236,6 +239,8 @@ impl ChannelSnapshot {
 /// Handle to a running channel thread.
 pub struct ChannelHandle {
     pub name: String,
+    /// Outputs muted (cluster hot standby).
+    pub standby: StandbyFlag,
     tx: mpsc::Sender<Command>,
     join: std::thread::JoinHandle<()>,
 }
@@ -328,7 +333,7 @@ impl Gateway {
                 tracing::info!(channel = %ch.name, "channel disabled in the configuration: not started");
                 None
             } else {
-                match start_channel(ch) {
+                match start_channel(ch, false) {
                     Ok(h) => Some(h),
                     Err(e) => {
                         gw.stop_threads();
@@ -366,7 +371,7 @@ impl Gateway {
         if slot.handle.as_ref().is_some_and(|h| h.is_running()) {
             return Ok(());
         }
-        slot.handle = Some(start_channel(&slot.cfg).map_err(|e| e.to_string())?);
+        slot.handle = Some(start_channel(&slot.cfg, false).map_err(|e| e.to_string())?);
         tracing::info!(channel = %name, "channel enabled by operator");
         Ok(())
     }
@@ -392,6 +397,40 @@ impl Gateway {
         Ok(())
     }
 
+    /// Cluster: start a channel the manager placed here (replacing a slot of the same name,
+    /// whose counters are carried over). `standby`: outputs muted (hot standby).
+    pub fn add(&mut self, cfg: &ChannelConfig, standby: bool) -> Result<(), RuntimeError> {
+        let handle = start_channel(cfg, standby)?;
+        match self.channels.iter_mut().find(|c| c.cfg.name == cfg.name) {
+            Some(slot) => {
+                slot.cfg = cfg.clone();
+                slot.handle = Some(handle);
+            }
+            None => self.channels.push(ChannelSlot {
+                cfg: cfg.clone(),
+                handle: Some(handle),
+                carried: None,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Cluster: stop a channel and forget it (counters of its runs are lost with it).
+    pub async fn remove(&mut self, name: &str) {
+        let _ = self.disable(name).await;
+        self.channels.retain(|c| c.cfg.name != name);
+    }
+
+    /// Cluster: mute (hot standby) or unmute a running channel's outputs; returns the
+    /// previous setting (`None` when the channel is not running here).
+    pub fn set_standby(&self, name: &str, standby: bool) -> Option<bool> {
+        let h = self.find(name)?.handle.as_ref()?;
+        Some(
+            h.standby
+                .swap(standby, std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     pub async fn snapshots(&self) -> Vec<ChannelSnapshot> {
         let mut out = Vec::with_capacity(self.channels.len());
         for c in &self.channels {
@@ -412,8 +451,10 @@ impl Gateway {
 }
 
 /// Spawn the channel's thread and wait until it has bound its sockets (or failed to).
-fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
+fn start_channel(ch: &ChannelConfig, standby: bool) -> Result<ChannelHandle, RuntimeError> {
     let (tx, rx) = mpsc::channel(16);
+    let standby: StandbyFlag = std::sync::Arc::new(standby.into());
+    let flag = standby.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = ch.clone();
     let name = ch.name.clone();
@@ -435,7 +476,7 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
             };
             rt.block_on(async move {
                 if matches!(cfg.mode, Mode::Switch | Mode::ContentMerge) {
-                    match switch::SwitchChannel::open(&cfg) {
+                    match switch::SwitchChannel::open(&cfg, &flag) {
                         Ok(task) => {
                             let _ = ready_tx.send(Ok(()));
                             task.run(rx).await;
@@ -446,7 +487,7 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
                     }
                     return;
                 }
-                match prepare(&cfg) {
+                match prepare(&cfg, &flag) {
                     Ok(task) => {
                         let _ = ready_tx.send(Ok(()));
                         task.run(rx).await;
@@ -462,7 +503,12 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
             source,
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(ChannelHandle { name, tx, join }),
+        Ok(Ok(())) => Ok(ChannelHandle {
+            name,
+            standby,
+            tx,
+            join,
+        }),
         Ok(Err(e)) => {
             let _ = join.join();
             Err(e)
@@ -477,7 +523,10 @@ fn start_channel(ch: &ChannelConfig) -> Result<ChannelHandle, RuntimeError> {
     }
 }
 
-fn prepare(ch: &ChannelConfig) -> Result<channel::MergeChannel, RuntimeError> {
+fn prepare(
+    ch: &ChannelConfig,
+    standby: &StandbyFlag,
+) -> Result<channel::MergeChannel, RuntimeError> {
     if ch.mode != Mode::Smpte2022_7 {
         return Err(RuntimeError::Unsupported {
             channel: ch.name.clone(),
@@ -489,7 +538,7 @@ fn prepare(ch: &ChannelConfig) -> Result<channel::MergeChannel, RuntimeError> {
         .iter()
         .map(|src| open_leg(ch, src))
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = open_outputs(ch)?;
+    let outputs = open_outputs(ch, standby)?;
     Ok(channel::MergeChannel::new(ch.clone(), legs, outputs))
 }
 
@@ -513,7 +562,7 @@ fn open_leg(ch: &ChannelConfig, src: &crate::config::SourceConfig) -> Result<Leg
 }
 
 /// Open every output of a channel.
-fn open_outputs(ch: &ChannelConfig) -> Result<Vec<Output>, RuntimeError> {
+fn open_outputs(ch: &ChannelConfig, standby: &StandbyFlag) -> Result<Vec<Output>, RuntimeError> {
     ch.outputs
         .iter()
         .map(|o| {
@@ -522,7 +571,7 @@ fn open_outputs(ch: &ChannelConfig) -> Result<Vec<Output>, RuntimeError> {
                 source,
             })?;
             tracing::info!(channel = %ch.name, url = %o.url, "output");
-            Ok(out)
+            Ok(out.with_standby(standby.clone()))
         })
         .collect()
 }

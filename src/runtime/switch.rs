@@ -101,7 +101,10 @@ pub(super) struct SwitchChannel {
 
 impl SwitchChannel {
     /// Bind every socket and load every slate (inside the channel's runtime).
-    pub(super) fn open(cfg: &ChannelConfig) -> Result<SwitchChannel, RuntimeError> {
+    pub(super) fn open(
+        cfg: &ChannelConfig,
+        standby: &super::StandbyFlag,
+    ) -> Result<SwitchChannel, RuntimeError> {
         let start = now();
         let mut sources = Vec::new();
         for src in &cfg.sources {
@@ -134,7 +137,7 @@ impl SwitchChannel {
                 rules: SourceRules::new(start, &cfg.rules),
             });
         }
-        let outputs = super::open_outputs(cfg)?;
+        let outputs = super::open_outputs(cfg, standby)?;
         let switch = Switch::new(
             start,
             SwitchConfig {
