@@ -87,7 +87,7 @@ node_id = "{id}"
 listen = "{listen}"
 peers = [{peers}]
 score = {score}
-advert_interval_ms = 20
+advert_interval_ms = 100
 key_file = "../cluster.key"
 {extra}
 {seed}
@@ -532,7 +532,7 @@ fn forged_and_replayed_control_messages_are_rejected() {
         Some("s3cret-token"),
     );
     assert_eq!(code, 200, "{body}");
-    assert_eq!(cluster(&gb)["score"], 150);
+    wait_for(&gb, "the new score", |v| v["score"] == 150);
     ga.stop();
     gb.stop();
 }
