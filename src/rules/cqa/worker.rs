@@ -1,0 +1,186 @@
+//! The analysis worker of one channel: a thread that runs the decoders behind a bounded
+//! queue, so that the packet path never waits for them. [`Worker::submit`] never blocks: when
+//! the queue is full the job is handed back (its buffer recycled by the caller) and counted as
+//! dropped. Results come back through [`Worker::poll_report`], to be polled by the channel's
+//! thread whenever it wakes up.
+//!
+//! [`Analysers`] is the sans-IO core (one picture analyser and one audio analyser per PID of
+//! each source); tests and benches drive it directly.
+
+use std::sync::mpsc;
+use std::thread;
+
+use super::audio::{AudioAnalyser, Level};
+use super::tap::{Job, JobKind};
+use super::video::{Picture, PictureAnalyser};
+use super::{ContentConfig, CqaError};
+use crate::ts::Pid;
+
+/// What the worker found, for the source it was given.
+#[derive(Debug)]
+pub enum Report {
+    Picture {
+        source: usize,
+        pid: Pid,
+        pts: Option<u64>,
+        picture: Picture,
+    },
+    Level {
+        source: usize,
+        pid: Pid,
+        level: Level,
+    },
+    Error {
+        source: usize,
+        pid: Pid,
+        error: CqaError,
+    },
+    /// The job's buffer, for reuse by the source's tap.
+    Done { source: usize, buf: Vec<u8> },
+}
+
+/// Decoders and measures of every source of a channel.
+pub struct Analysers {
+    cfg: ContentConfig,
+    sources: Vec<SourceAnalysers>,
+}
+
+#[derive(Default)]
+struct SourceAnalysers {
+    video: Option<(Pid, PictureAnalyser)>,
+    audio: Vec<(Pid, AudioAnalyser)>,
+}
+
+impl Analysers {
+    pub fn new(cfg: ContentConfig) -> Analysers {
+        Analysers {
+            cfg,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Analyse one job of `source`; every finding goes to `out` (the buffer stays with the
+    /// caller).
+    pub fn handle_job(&mut self, source: usize, job: &Job, out: &mut impl FnMut(Report)) {
+        if self.sources.len() <= source {
+            self.sources
+                .resize_with(source + 1, SourceAnalysers::default);
+        }
+        let cfg = &self.cfg;
+        let s = &mut self.sources[source];
+        match job.kind {
+            JobKind::H264 => {
+                let a = match &mut s.video {
+                    Some((pid, a)) if *pid == job.pid => a,
+                    slot => &mut slot.insert((job.pid, PictureAnalyser::new(cfg))).1,
+                };
+                match a.analyse(&job.data) {
+                    Ok(Some(picture)) => out(Report::Picture {
+                        source,
+                        pid: job.pid,
+                        pts: job.pts,
+                        picture,
+                    }),
+                    Ok(None) => {}
+                    Err(error) => out(Report::Error {
+                        source,
+                        pid: job.pid,
+                        error,
+                    }),
+                }
+            }
+            JobKind::Audio(codec) => {
+                let i = match s.audio.iter().position(|(p, _)| *p == job.pid) {
+                    Some(i) => i,
+                    None => {
+                        s.audio.push((job.pid, AudioAnalyser::new(codec, cfg)));
+                        s.audio.len() - 1
+                    }
+                };
+                let pid = job.pid;
+                let res = s.audio[i].1.push(job.pts, &job.data, |level| {
+                    out(Report::Level { source, pid, level })
+                });
+                if let Err(error) = res {
+                    out(Report::Error { source, pid, error });
+                }
+            }
+        }
+    }
+}
+
+/// Counters of the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Jobs handed to the worker.
+    pub queued: u64,
+    /// Jobs dropped because the worker was busy (its queue full).
+    pub dropped: u64,
+}
+
+/// The worker thread and its two queues. Dropping it closes the job queue; the thread ends
+/// after the job it is on.
+pub struct Worker {
+    jobs: Option<mpsc::SyncSender<(usize, Job)>>,
+    reports: mpsc::Receiver<Report>,
+    stats: QueueStats,
+}
+
+impl Worker {
+    /// Start the thread (named `cqa-CHANNEL`).
+    pub fn spawn(channel: &str, cfg: ContentConfig) -> std::io::Result<Worker> {
+        let (jobs, rx) = mpsc::sync_channel::<(usize, Job)>(cfg.queue_jobs.max(1));
+        let (tx, reports) = mpsc::channel();
+        let mut analysers = Analysers::new(cfg);
+        thread::Builder::new()
+            .name(format!("cqa-{channel}"))
+            .spawn(move || {
+                for (source, job) in rx {
+                    let mut send = |r| {
+                        let _ = tx.send(r);
+                    };
+                    analysers.handle_job(source, &job, &mut send);
+                    send(Report::Done {
+                        source,
+                        buf: job.data,
+                    });
+                }
+            })?;
+        Ok(Worker {
+            jobs: Some(jobs),
+            reports,
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// Queue a job without waiting. `Err(job)` when the queue is full (counted as dropped) or
+    /// the worker is gone: the caller recycles its buffer.
+    pub fn submit(&mut self, source: usize, job: Job) -> Result<(), Job> {
+        let Some(tx) = &self.jobs else {
+            return Err(job);
+        };
+        match tx.try_send((source, job)) {
+            Ok(()) => {
+                self.stats.queued += 1;
+                Ok(())
+            }
+            Err(mpsc::TrySendError::Full((_, job))) => {
+                self.stats.dropped += 1;
+                Err(job)
+            }
+            Err(mpsc::TrySendError::Disconnected((_, job))) => {
+                self.jobs = None;
+                Err(job)
+            }
+        }
+    }
+
+    /// The next finding, if any is ready (never blocks).
+    pub fn poll_report(&mut self) -> Option<Report> {
+        self.reports.try_recv().ok()
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+}
