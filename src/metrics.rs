@@ -38,6 +38,9 @@ pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
 pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
 pub const MERGE_ALIGNED: &str = "hitless_merge_aligned";
 pub const MERGE_DIVERGED: &str = "hitless_merge_diverged_total";
+pub const CONTENT_STATE: &str = "hitless_content_state";
+pub const CONTENT_QUEUED: &str = "hitless_content_jobs_queued_total";
+pub const CONTENT_DROPPED: &str = "hitless_content_jobs_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -149,6 +152,18 @@ fn describe() {
         MERGE_DIVERGED,
         "Content merge: times the legs were found not to be the same stream."
     );
+    describe_gauge!(
+        CONTENT_STATE,
+        "Content analysis: 1 while the condition is present on the source, 0 while absent, -1 while unknown (codec not decodable, nothing analysed recently)."
+    );
+    describe_counter!(
+        CONTENT_QUEUED,
+        "Content analysis: jobs (keyframes, audio PES) handed to the channel's worker."
+    );
+    describe_counter!(
+        CONTENT_DROPPED,
+        "Content analysis: jobs dropped because the worker was busy (analysis lost, never packets)."
+    );
 }
 
 /// Write one channel's snapshot into the recorder.
@@ -189,7 +204,26 @@ pub fn publish(s: &ChannelSnapshot) {
             counter!(SOURCE_DROPPED, &l).absolute(*n);
         }
     }
+    for src in &s.sources {
+        for (cond, st) in src.content.iter().flat_map(|c| &c.conditions) {
+            let l = [
+                ("channel", ch.clone()),
+                ("source", src.name.clone()),
+                ("condition", (*cond).to_owned()),
+            ];
+            let v = match st.state {
+                "present" => 1.0,
+                "absent" => 0.0,
+                _ => -1.0,
+            };
+            gauge!(CONTENT_STATE, &l).set(v);
+        }
+    }
     let l = [("channel", ch.clone())];
+    if let Some(c) = &s.content {
+        counter!(CONTENT_QUEUED, &l).absolute(c.queued);
+        counter!(CONTENT_DROPPED, &l).absolute(c.dropped);
+    }
     gauge!(CHANNEL_RUNNING, &l).set(if s.state == "running" { 1.0 } else { 0.0 });
     if let Some(aligned) = s.aligned {
         gauge!(MERGE_ALIGNED, &l).set(if aligned { 1.0 } else { 0.0 });

@@ -235,6 +235,9 @@ pub struct ChannelConfig {
     pub pid_error_period: Duration,
     /// Switch mode: sampled failover rules (`[[channel.rule]]`), applied to every source.
     pub rules: Vec<crate::rules::RuleSpec>,
+    /// Switch mode: content analysis settings (`[channel.content]`), used when a rule needs
+    /// them (`frozen-video`, `blank-picture`, `silent-audio`).
+    pub content: crate::rules::cqa::ContentConfig,
     /// At least one; network sources never overlap each other's receive addresses.
     pub sources: Vec<SourceConfig>,
     /// At least one; never a source of the same channel, never another output's destination.
