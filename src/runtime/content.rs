@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use crate::config::ChannelConfig;
+use crate::rules::Condition;
 use crate::rules::SourceRules;
 use crate::rules::cqa::ContentConfig;
 use crate::rules::cqa::monitor::{CONTENT_CONDITIONS, ContentMonitor, ContentStatus, State};
 use crate::rules::cqa::tap::{ContentTap, TapEvent};
 use crate::rules::cqa::worker::{QueueStats, Report, Worker};
-use crate::rules::Condition;
 
 /// Counters of a channel's analysis, for the API and metrics.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
