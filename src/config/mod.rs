@@ -656,11 +656,11 @@ mode = "smpte-2022-7"
         .unwrap_err()
         .to_string();
         assert!(e.contains("threshold = 4 is out of range 1..=3"), "{e}");
-        let e = parse(&with("  condition = \"frozen-video\""))
+        let e = parse(&with("  condition = \"unrecovered-packets\""))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("not supported yet in this build (planned: content analysis)"),
+            e.contains("not supported yet in this build (planned: content-merge mode)"),
             "{e}"
         );
         let e = parse(&with("  condition = \"black\""))

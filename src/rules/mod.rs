@@ -661,6 +661,34 @@ mod tests {
     }
 
     #[test]
+    fn unknown_content_rules_never_fail() {
+        let t0 = base();
+        let mut rules = SourceRules::new(
+            t0,
+            &[
+                spec(Condition::BlankPicture, 1, 1, 1),
+                spec(Condition::P1TransportErrors, 1, 1, 1),
+            ],
+        );
+        assert!(rules.has_content_rules());
+        rules.observe_condition(t0, Condition::BlankPicture, true);
+        run_until(&mut rules, &Meter::default(), t0 + S);
+        assert_eq!(rules.failing(), Some(Condition::BlankPicture));
+        rules.set_unknown(|c, _| c == Condition::BlankPicture);
+        assert_eq!(
+            rules.failing(),
+            None,
+            "unknown: neither failing nor healthy"
+        );
+        let st = rules.status();
+        assert_eq!((st[0].state, st[0].failing), ("unknown", false));
+        assert_eq!(st[1].state, "healthy", "counter rules are never unknown");
+        rules.set_unknown(|_, _| false);
+        assert_eq!(rules.failing(), Some(Condition::BlankPicture));
+        assert_eq!(rules.status()[0].state, "failing");
+    }
+
+    #[test]
     fn validation() {
         let ok = spec(Condition::P1TransportErrors, 10, 6, 2);
         assert_eq!(ok.validate(), Ok(()));

@@ -123,3 +123,132 @@ impl Validator<'_> {
         default
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::Config;
+    use crate::rules::Condition;
+    use crate::rules::cqa::ContentConfig;
+
+    fn channel(mode: &str, extra: &str) -> String {
+        format!(
+            r#"
+[[channel]]
+name = "news"
+mode = "{mode}"
+{extra}
+
+  [[channel.source]]
+  name = "a"
+  url = "udp://127.0.0.1:5000"
+  role = "preferred"
+
+  [[channel.source]]
+  name = "b"
+  url = "udp://127.0.0.1:5002"
+  role = "non-preferred"
+
+  [[channel.output]]
+  url = "udp://127.0.0.1:6000"
+"#
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_str(text, Some(Path::new("site.toml"))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn content_rules_and_settings() {
+        let text = channel(
+            "switch",
+            r#"
+  [channel.content]
+  black_pixel_threshold = 0.12
+  black_picture_threshold = 0.9
+  freeze_noise_db = -50
+  silence_threshold_dbfs = -70.5
+  video_interval_ms = 2000
+  audio_interval_ms = 250
+  analysis_queue = 8
+
+  [[channel.rule]]
+  condition = "silent-audio"
+  pid = 257
+  sample_duration_s = 2
+  samples = 3
+  threshold = 2
+
+  [[channel.rule]]
+  condition = "frozen-video"
+
+  [[channel.rule]]
+  condition = "blank-picture"
+"#,
+        );
+        let cfg = parse(&text).unwrap();
+        let ch = &cfg.channels[0];
+        assert_eq!(
+            ch.content,
+            ContentConfig {
+                black_pixel_threshold: 0.12,
+                black_picture_threshold: 0.9,
+                freeze_noise_db: -50.0,
+                silence_dbfs: -70.5,
+                video_interval: Duration::from_secs(2),
+                audio_interval: Duration::from_millis(250),
+                queue_jobs: 8,
+            }
+        );
+        let conds: Vec<_> = ch.rules.iter().map(|r| r.condition).collect();
+        assert_eq!(
+            conds,
+            [
+                Condition::SilentAudio,
+                Condition::FrozenVideo,
+                Condition::BlankPicture
+            ]
+        );
+        assert_eq!(ch.rules[0].pid, Some(crate::ts::Pid(257)));
+        // Defaults without the table.
+        let cfg = parse(&channel("switch", "")).unwrap();
+        assert_eq!(cfg.channels[0].content, ContentConfig::default());
+    }
+
+    #[test]
+    fn content_errors_name_the_line_and_key() {
+        let text = channel(
+            "switch",
+            "\n  [channel.content]\n  black_picture_threshold = 1.5\n  freeze_noise_db = 6\n  audio_interval_ms = 5",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.contains("site.toml:7:29: channel \"news\" [channel.content]: black_picture_threshold = 1.5 is out of range 0.001..=1"),
+            "{e}"
+        );
+        assert!(e.contains("site.toml:8:21: "), "{e}");
+        assert!(e.contains("freeze_noise_db = 6 is out of range"), "{e}");
+        assert!(
+            e.contains("audio_interval_ms = 5 is out of range 10..=10000"),
+            "{e}"
+        );
+        let e = parse(&channel(
+            "switch",
+            "\n  [channel.content]\n  blackness = 0.5",
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `blackness`"), "{e}");
+        let e = parse(&channel(
+            "smpte-2022-7",
+            "\n  [channel.content]\n  freeze_noise_db = -50",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[channel.content] only applies to mode = \"switch\""),
+            "{e}"
+        );
+    }
+}
