@@ -126,31 +126,58 @@ pub struct Worker {
     stats: QueueStats,
 }
 
+/// The worker thread's side of the queues: [`Runner::run`] analyses jobs until the job
+/// queue is closed.
+pub struct Runner {
+    jobs: mpsc::Receiver<(usize, Job)>,
+    reports: mpsc::Sender<Report>,
+    analysers: Analysers,
+}
+
+impl Runner {
+    /// Analyse every queued job, returning each buffer in a [`Report::Done`]; returns once the
+    /// [`Worker`] is gone and the queue is empty.
+    pub fn run(mut self) {
+        for (source, job) in self.jobs {
+            let reports = &self.reports;
+            let mut send = |r| {
+                let _ = reports.send(r);
+            };
+            self.analysers.handle_job(source, &job, &mut send);
+            send(Report::Done {
+                source,
+                buf: job.data,
+            });
+        }
+    }
+}
+
 impl Worker {
-    /// Start the thread (named `cqa-CHANNEL`).
-    pub fn spawn(channel: &str, cfg: ContentConfig) -> std::io::Result<Worker> {
+    /// The two ends of the queues; [`spawn`](Worker::spawn) runs the [`Runner`] on a thread.
+    pub fn new(cfg: ContentConfig) -> (Worker, Runner) {
         let (jobs, rx) = mpsc::sync_channel::<(usize, Job)>(cfg.queue_jobs.max(1));
         let (tx, reports) = mpsc::channel();
-        let mut analysers = Analysers::new(cfg);
+        (
+            Worker {
+                jobs: Some(jobs),
+                reports,
+                stats: QueueStats::default(),
+            },
+            Runner {
+                jobs: rx,
+                reports: tx,
+                analysers: Analysers::new(cfg),
+            },
+        )
+    }
+
+    /// Start the thread (named `cqa-CHANNEL`).
+    pub fn spawn(channel: &str, cfg: ContentConfig) -> std::io::Result<Worker> {
+        let (worker, runner) = Worker::new(cfg);
         thread::Builder::new()
             .name(format!("cqa-{channel}"))
-            .spawn(move || {
-                for (source, job) in rx {
-                    let mut send = |r| {
-                        let _ = tx.send(r);
-                    };
-                    analysers.handle_job(source, &job, &mut send);
-                    send(Report::Done {
-                        source,
-                        buf: job.data,
-                    });
-                }
-            })?;
-        Ok(Worker {
-            jobs: Some(jobs),
-            reports,
-            stats: QueueStats::default(),
-        })
+            .spawn(move || runner.run())?;
+        Ok(worker)
     }
 
     /// Queue a job without waiting. `Err(job)` when the queue is full (counted as dropped) or
@@ -182,5 +209,54 @@ impl Worker {
 
     pub fn stats(&self) -> QueueStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::cqa::AudioCodec;
+
+    fn job(n: u8) -> Job {
+        Job {
+            pid: Pid(0x101),
+            kind: JobKind::Audio(AudioCodec::Aac),
+            pts: None,
+            data: vec![n; 16],
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_work_and_hands_the_buffer_back() {
+        let cfg = ContentConfig {
+            queue_jobs: 2,
+            ..ContentConfig::default()
+        };
+        let (mut w, runner) = Worker::new(cfg);
+        assert!(w.submit(0, job(1)).is_ok());
+        assert!(w.submit(1, job(2)).is_ok());
+        // The worker is busy (here: not running at all): the third job comes straight back.
+        let back = w.submit(0, job(3)).expect_err("queue full");
+        assert_eq!(back.data, vec![3; 16]);
+        assert_eq!(
+            w.stats(),
+            QueueStats {
+                queued: 2,
+                dropped: 1
+            }
+        );
+        // Close the queue and let the runner drain it on this thread: every queued buffer
+        // comes back to its source (16 bytes of 0x01 are no ADTS frame: nothing to report).
+        w.jobs = None;
+        runner.run();
+        let mut done = Vec::new();
+        while let Some(r) = w.poll_report() {
+            if let Report::Done { source, buf } = r {
+                done.push((source, buf[0]));
+            }
+        }
+        assert_eq!(done, [(0, 1), (1, 2)]);
+        assert!(w.submit(0, job(4)).is_err(), "closed: nothing is queued any more");
+        assert_eq!(w.stats().dropped, 1, "a closed queue is not a busy worker");
     }
 }
