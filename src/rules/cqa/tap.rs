@@ -536,4 +536,36 @@ mod tests {
         );
         assert!(jobs.is_empty());
     }
+
+    proptest::proptest! {
+        /// Network input never panics the tap: random packets on the PSI and stream PIDs.
+        #[test]
+        fn random_packets_never_panic(
+            packets in proptest::collection::vec(
+                (0usize..4, proptest::collection::vec(proptest::num::u8::ANY, PACKET_LEN - 1)),
+                0..200,
+            )
+        ) {
+            let t0 = base();
+            let mut tap = ContentTap::new(true, true, Duration::ZERO);
+            for p in psi(&[(0x1b, Pid(0x100)), (0x0f, Pid(0x101)), (0x03, Pid(0x102))])
+                .chunks(PACKET_LEN)
+            {
+                tap.push(t0, p);
+            }
+            for (which, body) in packets {
+                let pid = [0u16, 0x1000, 0x100, 0x101][which];
+                let mut p = vec![SYNC_BYTE];
+                p.extend_from_slice(&body);
+                p[1] = (p[1] & 0xe0) | (pid >> 8) as u8;
+                p[2] = pid as u8;
+                tap.push(t0, &p);
+                while let Some(ev) = tap.poll_event() {
+                    if let TapEvent::Job(j) = ev {
+                        tap.recycle(j.data);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -59,6 +59,13 @@ impl Analysers {
         }
     }
 
+    /// Forget the decoders of `source` (they start afresh with its next job).
+    pub fn reset(&mut self, source: usize) {
+        if let Some(s) = self.sources.get_mut(source) {
+            *s = SourceAnalysers::default();
+        }
+    }
+
     /// Analyse one job of `source`; every finding goes to `out` (the buffer stays with the
     /// caller).
     pub fn handle_job(&mut self, source: usize, job: &Job, out: &mut impl FnMut(Report)) {
@@ -143,7 +150,20 @@ impl Runner {
             let mut send = |r| {
                 let _ = reports.send(r);
             };
-            self.analysers.handle_job(source, &job, &mut send);
+            // A decoder that panics on hostile input must not end the analysis of the whole
+            // channel: that source's decoders start afresh and the job counts as an error.
+            let analysers = &mut self.analysers;
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                analysers.handle_job(source, &job, &mut send)
+            }));
+            if res.is_err() {
+                analysers.reset(source);
+                send(Report::Error {
+                    source,
+                    pid: job.pid,
+                    error: CqaError::Decode("the decoder panicked; restarted".into()),
+                });
+            }
             send(Report::Done {
                 source,
                 buf: job.data,
@@ -256,7 +276,10 @@ mod tests {
             }
         }
         assert_eq!(done, [(0, 1), (1, 2)]);
-        assert!(w.submit(0, job(4)).is_err(), "closed: nothing is queued any more");
+        assert!(
+            w.submit(0, job(4)).is_err(),
+            "closed: nothing is queued any more"
+        );
         assert_eq!(w.stats().dropped, 1, "a closed queue is not a busy worker");
     }
 }
