@@ -338,7 +338,7 @@ mod tests {
             (371, 7, 48000, 2)
         );
         let mut he = h;
-        he[2] = (0 << 6) | (3 << 2); // AAC Main: refused
+        he[2] = 3 << 2; // object type 1 (AAC Main): refused
         assert_eq!(adts_header(&he), None);
     }
 
