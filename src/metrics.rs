@@ -32,15 +32,15 @@ pub const TR101290_ERRORS: &str = "hitless_tr101290_errors_total";
 pub const SOURCE_HEALTHY: &str = "hitless_source_healthy";
 pub const SOURCE_HELD_DOWN: &str = "hitless_source_held_down";
 pub const RULE_FAILING: &str = "hitless_rule_failing";
+pub const CONTENT_STATE: &str = "hitless_content_state";
+pub const CONTENT_QUEUED: &str = "hitless_content_jobs_queued_total";
+pub const CONTENT_DROPPED: &str = "hitless_content_jobs_dropped_total";
 pub const CHANNEL_LOCKED: &str = "hitless_channel_locked";
 pub const CHANNEL_STAGE: &str = "hitless_channel_stage";
 pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
 pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
 pub const MERGE_ALIGNED: &str = "hitless_merge_aligned";
 pub const MERGE_DIVERGED: &str = "hitless_merge_diverged_total";
-pub const CONTENT_STATE: &str = "hitless_content_state";
-pub const CONTENT_QUEUED: &str = "hitless_content_jobs_queued_total";
-pub const CONTENT_DROPPED: &str = "hitless_content_jobs_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -129,6 +129,18 @@ fn describe() {
         "Switch mode: 1 while a failover rule of the source fails, by condition."
     );
     describe_gauge!(
+        CONTENT_STATE,
+        "Content analysis: 1 while the condition is present on the source, 0 while absent, -1 while unknown (codec not decodable, nothing analysed recently)."
+    );
+    describe_counter!(
+        CONTENT_QUEUED,
+        "Content analysis: jobs (keyframes, audio PES) handed to the channel's worker."
+    );
+    describe_counter!(
+        CONTENT_DROPPED,
+        "Content analysis: jobs dropped because the worker was busy (analysis lost, never packets)."
+    );
+    describe_gauge!(
         CHANNEL_LOCKED,
         "Switch mode: 1 while an operator lock holds the channel on a source."
     );
@@ -151,18 +163,6 @@ fn describe() {
     describe_counter!(
         MERGE_DIVERGED,
         "Content merge: times the legs were found not to be the same stream."
-    );
-    describe_gauge!(
-        CONTENT_STATE,
-        "Content analysis: 1 while the condition is present on the source, 0 while absent, -1 while unknown (codec not decodable, nothing analysed recently)."
-    );
-    describe_counter!(
-        CONTENT_QUEUED,
-        "Content analysis: jobs (keyframes, audio PES) handed to the channel's worker."
-    );
-    describe_counter!(
-        CONTENT_DROPPED,
-        "Content analysis: jobs dropped because the worker was busy (analysis lost, never packets)."
     );
 }
 

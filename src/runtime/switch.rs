@@ -142,10 +142,6 @@ impl SwitchChannel {
             });
         }
         let outputs = super::open_outputs(cfg)?;
-        let content = ChannelContent::open(cfg).map_err(|source| RuntimeError::Thread {
-            channel: cfg.name.clone(),
-            source,
-        })?;
         let switch = Switch::new(
             start,
             SwitchConfig {
@@ -157,6 +153,10 @@ impl SwitchChannel {
                 stage: cfg.stage,
             },
         );
+        let content = ChannelContent::open(cfg).map_err(|source| RuntimeError::Thread {
+            channel: cfg.name.clone(),
+            source,
+        })?;
         Ok(SwitchChannel {
             muted: cfg.muted,
             cfg: cfg.clone(),
