@@ -11,7 +11,7 @@ use hitless::rules::cqa::ContentConfig;
 use hitless::rules::cqa::audio::AudioAnalyser;
 use hitless::rules::cqa::tap::{ContentTap, Job, JobKind, TapEvent};
 use hitless::rules::cqa::video::PictureAnalyser;
-use hitless::rules::cqa::{AudioCodec, worker::Analysers};
+use hitless::rules::cqa::{AudioCodec, VideoCodec, worker::Analysers};
 use hitless::ts::PACKET_LEN;
 
 /// Every job the tap selects from a file (every keyframe: interval 0).
@@ -34,8 +34,14 @@ fn bench(c: &mut Criterion) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/cqa_hd_h264.ts");
     let data = std::fs::read(path).expect("testdata/cqa_hd_h264.ts");
     let all = jobs(&data);
-    let keyframes: Vec<&Job> = all.iter().filter(|j| j.kind == JobKind::H264).collect();
-    let audio: Vec<&Job> = all.iter().filter(|j| j.kind != JobKind::H264).collect();
+    let keyframes: Vec<&Job> = all
+        .iter()
+        .filter(|j| matches!(j.kind, JobKind::Video(_)))
+        .collect();
+    let audio: Vec<&Job> = all
+        .iter()
+        .filter(|j| matches!(j.kind, JobKind::Audio(_)))
+        .collect();
     assert!(keyframes.len() >= 5, "{} keyframes", keyframes.len());
     let cfg = ContentConfig::default();
 
@@ -50,7 +56,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let j = keyframes[k % keyframes.len()];
             k += 1;
-            black_box(pa.analyse(black_box(&j.data)).expect("decodes"))
+            black_box(
+                pa.analyse(VideoCodec::H264, black_box(&j.data))
+                    .expect("decodes"),
+            )
         })
     });
 

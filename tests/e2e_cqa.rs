@@ -126,15 +126,18 @@ fn failover_and_back(ip: &str, condition: &str, rule: &str) -> (tempfile::TempDi
         content["conditions"][condition]["state"], "unknown",
         "{content}"
     );
-    // b: MPEG-2 video cannot be judged, MP2 audio can.
+    // b: MPEG-2 video cannot be judged by the default build, MP2 audio can.
     let b = &ch["sources"][1];
     assert_eq!(b["content"]["video"]["codec"], "mpeg2-video", "{b}");
-    assert_eq!(b["content"]["video"]["decodable"], false, "{b}");
-    assert_eq!(
-        b["content"]["conditions"]["blank-picture"]["state"], "unknown",
-        "{b}"
-    );
-    if condition != "silent-audio" {
+    let unknown = !cfg!(feature = "ffmpeg");
+    assert_eq!(b["content"]["video"]["decodable"], !unknown, "{b}");
+    if unknown {
+        assert_eq!(
+            b["content"]["conditions"]["blank-picture"]["state"], "unknown",
+            "{b}"
+        );
+    }
+    if unknown && condition != "silent-audio" {
         assert_eq!(b["rules"][0]["state"], "unknown", "{b}");
         assert_eq!(b["rules"][0]["failing"], false, "{b}");
     }
@@ -155,11 +158,13 @@ fn failover_and_back(ip: &str, condition: &str, rule: &str) -> (tempfile::TempDi
         matches!(state_line("a", condition).as_deref(), Some("0" | "1")),
         "{metrics}"
     );
-    assert_eq!(
-        state_line("b", "frozen-video").as_deref(),
-        Some("-1"),
-        "{metrics}"
-    );
+    if unknown {
+        assert_eq!(
+            state_line("b", "frozen-video").as_deref(),
+            Some("-1"),
+            "{metrics}"
+        );
+    }
     drop(senders);
     (dir, gw)
 }
@@ -181,6 +186,10 @@ fn blank_picture_fails_over_and_back() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "ffmpeg",
+    ignore = "with MPEG-2 decodable, b's SMPTE bars are frozen too: nowhere to fail over to"
+)]
 fn frozen_video_fails_over_and_back() {
     let _serial = serial();
     let (_dir, gw) = failover_and_back(

@@ -12,10 +12,12 @@
 //!   states (present / absent / unknown) that feed the sampled rule engine
 //!   ([`crate::rules::SourceRules`]) exactly like the other conditions.
 //!
-//! A stream whose codec this build cannot decode (MPEG-2 or HEVC video, AC-3, LATM AAC, ...)
-//! is *unknown*: its content rules neither pass nor fail, and the API says why.
+//! A stream whose codec this build cannot decode (MPEG-2 or HEVC video without the `ffmpeg`
+//! feature, AC-3, LATM AAC, ...) is *unknown*: its content rules neither pass nor fail, and the API says why.
 
 pub mod audio;
+#[cfg(feature = "ffmpeg")]
+pub mod ffmpeg;
 pub mod monitor;
 pub mod tap;
 pub mod video;
@@ -155,7 +157,18 @@ impl StreamKind {
 
     /// Whether this build decodes it.
     pub fn decodable(self) -> bool {
-        matches!(self, StreamKind::Video(VideoCodec::H264)) || self.audio().is_some()
+        self.video().is_some() || self.audio().is_some()
+    }
+
+    /// The codec of a video stream this build decodes: H.264 (OpenH264); with the `ffmpeg`
+    /// feature also MPEG-2 video and HEVC.
+    pub fn video(self) -> Option<VideoCodec> {
+        match self {
+            StreamKind::Video(VideoCodec::H264) => Some(VideoCodec::H264),
+            #[cfg(feature = "ffmpeg")]
+            StreamKind::Video(c @ (VideoCodec::Mpeg2 | VideoCodec::Hevc)) => Some(c),
+            _ => None,
+        }
     }
 
     /// The decoder for an audio stream this build decodes.

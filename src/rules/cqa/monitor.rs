@@ -443,14 +443,17 @@ mod tests {
             m.state(t0, Condition::BlankPicture, None),
             State::Unknown(_)
         ));
+        // AVS video (stream type 0x42) is decodable by no build.
         m.handle_streams(&streams(
-            StreamKind::Video(VideoCodec::Mpeg2),
+            StreamKind::Video(VideoCodec::Other(0x42)),
             &[(0x101, StreamKind::Audio(AudioType::Ac3))],
         ));
         let st = m.state(t0, Condition::BlankPicture, None);
         assert_eq!(
             st,
-            State::Unknown("video codec mpeg2-video is not decodable by this build".into())
+            State::Unknown(
+                "video codec video-stream-type-0x42 is not decodable by this build".into()
+            )
         );
         assert_eq!(st.metric(), -1.0);
         assert!(matches!(

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{AudioCodec, StreamInfo, StreamKind, Streams};
+use super::{AudioCodec, StreamInfo, StreamKind, Streams, VideoCodec};
 use crate::ts::psi::{SectionAssembler, TABLE_PAT, TABLE_PMT};
 use crate::ts::{Pid, TsPacket};
 
@@ -39,7 +39,8 @@ pub struct Job {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {
-    H264,
+    /// A keyframe of a video codec this build decodes.
+    Video(VideoCodec),
     Audio(AudioCodec),
 }
 
@@ -198,13 +199,12 @@ impl ContentTap {
                 self.pool.push(b);
             }
         }
-        if let Some(v) = &info.video
+        if let Some((pid, codec)) = info.video.and_then(|v| Some((v.pid, v.codec.video()?)))
             && self.want_video
-            && v.codec.decodable()
         {
             self.collect.push(Collect {
-                pid: v.pid,
-                kind: JobKind::H264,
+                pid,
+                kind: JobKind::Video(codec),
                 pts: None,
                 buf: None,
                 last_cc: None,
@@ -244,9 +244,9 @@ impl ContentTap {
             self.finish(i);
             let c = &self.collect[i];
             let start = match c.kind {
-                JobKind::H264 => {
+                JobKind::Video(codec) => {
                     self.video_due(now, pes_pts(payload))
-                        && (p.random_access() || starts_keyframe(pes_payload(payload)))
+                        && (p.random_access() || starts_keyframe(codec, pes_payload(payload)))
                 }
                 JobKind::Audio(_) => true,
             };
@@ -257,7 +257,7 @@ impl ContentTap {
                 c.pts = pes_pts(payload);
                 buf.extend_from_slice(pes_payload(payload));
                 c.buf = Some(buf);
-                if c.kind == JobKind::H264 {
+                if matches!(c.kind, JobKind::Video(_)) {
                     self.last_video = Some((now, c.pts));
                 }
             }
@@ -272,7 +272,7 @@ impl ContentTap {
             return;
         }
         let max = match c.kind {
-            JobKind::H264 => MAX_VIDEO_AU,
+            JobKind::Video(_) => MAX_VIDEO_AU,
             JobKind::Audio(_) => MAX_AUDIO_PES,
         };
         if let Some(b) = &mut c.buf {
@@ -289,14 +289,17 @@ impl ContentTap {
 
     /// Whether the next keyframe is due: `video_interval` after the last copied one, by PTS
     /// (exact, unlike arrival times that jitter) or by arrival time when there is no PTS. A
-    /// PTS that jumps back (a restart, a loop) makes it due.
+    /// PTS that jumps back (a restart, a loop) makes it due. An eighth of the interval is
+    /// forgiven, so that a GOP slightly shorter than the interval (0.96 s for 1 s) is sampled
+    /// at every keyframe rather than at every other one.
     fn video_due(&self, now: Instant, pts: Option<u64>) -> bool {
         const WRAP: u64 = 1 << 33;
-        let interval = u64::try_from(self.video_interval.as_micros() * 9 / 100).unwrap_or(u64::MAX);
+        let wait = self.video_interval - self.video_interval / 8;
+        let ticks = u64::try_from(wait.as_micros() * 9 / 100).unwrap_or(u64::MAX);
         match (self.last_video, pts) {
             (None, _) => true,
-            (Some((_, Some(last))), Some(pts)) => pts.wrapping_sub(last) & (WRAP - 1) >= interval,
-            (Some((t, _)), _) => now.saturating_duration_since(t) >= self.video_interval,
+            (Some((_, Some(last))), Some(pts)) => pts.wrapping_sub(last) & (WRAP - 1) >= ticks,
+            (Some((t, _)), _) => now.saturating_duration_since(t) >= wait,
         }
     }
 
@@ -344,30 +347,39 @@ pub fn pes_pts(b: &[u8]) -> Option<u64> {
     )
 }
 
-/// Whether the start of an H.264 access unit (Annex B) shows an SPS or an IDR slice before
-/// any other slice: the muxer did not set random_access_indicator, but this is a keyframe.
-pub fn starts_keyframe(es: &[u8]) -> bool {
-    for t in nal_types(es) {
-        match t {
-            5 | 7 => return true,
-            1 => return false,
-            _ => {}
+/// Whether the start of an access unit shows a keyframe when the muxer did not set
+/// random_access_indicator: H.264 an SPS or IDR slice before any other slice; HEVC a VPS,
+/// SPS or IRAP slice before any other slice; MPEG-2 a sequence or GOP header.
+pub fn starts_keyframe(codec: VideoCodec, es: &[u8]) -> bool {
+    for w in es
+        .windows(4)
+        .filter(|w| w[0] == 0 && w[1] == 0 && w[2] == 1)
+    {
+        match codec {
+            VideoCodec::H264 => match w[3] & 0x1f {
+                5 | 7 => return true,
+                1 => return false,
+                _ => {}
+            },
+            VideoCodec::Hevc => match (w[3] >> 1) & 0x3f {
+                16..=21 | 32 | 33 => return true,
+                0..=9 => return false,
+                _ => {}
+            },
+            VideoCodec::Mpeg2 => match w[3] {
+                0xb3 | 0xb8 => return true,
+                0x00..=0xaf => return false,
+                _ => {}
+            },
+            VideoCodec::Other(_) => return false,
         }
     }
     false
 }
 
-/// The `nal_unit_type` of every NAL unit start code in `es` (Annex B).
-pub fn nal_types(es: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    es.windows(4)
-        .filter(|w| w[0] == 0 && w[1] == 0 && w[2] == 1)
-        .map(|w| w[3] & 0x1f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::cqa::VideoCodec;
     use crate::ts::psi::{build_pat, build_pmt, packetize};
     use crate::ts::{ContinuityCounter, PACKET_LEN, SYNC_BYTE};
 
@@ -449,8 +461,26 @@ mod tests {
         let p = pes_start(0x100, 0, false, 0x1_2345_6789, &[0, 0, 0, 1, 0x65]);
         assert_eq!(pes_pts(&p[4 + 2..]), Some(0x1_2345_6789));
         assert_eq!(&pes_payload(&p[6..])[..5], &[0, 0, 0, 1, 0x65]);
-        assert!(starts_keyframe(&[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67]));
-        assert!(!starts_keyframe(&[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 1, 0x41]));
+        let h264 = VideoCodec::H264;
+        assert!(starts_keyframe(
+            h264,
+            &[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67]
+        ));
+        assert!(!starts_keyframe(
+            h264,
+            &[0, 0, 0, 1, 0x09, 0xf0, 0, 0, 1, 0x41]
+        ));
+        let hevc = VideoCodec::Hevc;
+        assert!(starts_keyframe(
+            hevc,
+            &[0, 0, 0, 1, 0x46, 1, 0, 0, 1, 0x40, 1]
+        ));
+        assert!(!starts_keyframe(
+            hevc,
+            &[0, 0, 0, 1, 0x46, 1, 0, 0, 1, 0x02, 1]
+        ));
+        assert!(starts_keyframe(VideoCodec::Mpeg2, &[0, 0, 1, 0xb3, 0x28]));
+        assert!(!starts_keyframe(VideoCodec::Mpeg2, &[0, 0, 1, 0x00, 0x28]));
     }
 
     #[test]
@@ -493,12 +523,18 @@ mod tests {
         tap.push(t0, &pes_start(0x101, 0, false, 900, &[0xff, 0xf1]));
         tap.push(t0, &pes_start(0x101, 1, false, 2820, &[0xff, 0xf1]));
         let (_, jobs) = drain(&mut tap);
-        let video: Vec<_> = jobs.iter().filter(|j| j.kind == JobKind::H264).collect();
+        let video: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.kind == JobKind::Video(VideoCodec::H264))
+            .collect();
         assert_eq!(video.len(), 2);
         assert_eq!(video[0].pts, Some(1000));
         assert_eq!(video[0].data.len(), (PACKET_LEN - 20) + (PACKET_LEN - 4));
         assert_eq!(video[1].pts, Some(91000));
-        let audio: Vec<_> = jobs.iter().filter(|j| j.kind != JobKind::H264).collect();
+        let audio: Vec<_> = jobs
+            .iter()
+            .filter(|j| matches!(j.kind, JobKind::Audio(_)))
+            .collect();
         assert_eq!(audio.len(), 1);
         assert_eq!(audio[0].pts, Some(900));
         assert_eq!(tap.stats().jobs, 3);
@@ -507,6 +543,27 @@ mod tests {
             tap.recycle(j.data);
         }
         assert_eq!(tap.pool.len(), 3);
+    }
+
+    #[test]
+    fn a_gop_slightly_shorter_than_the_interval_is_sampled_at_every_keyframe() {
+        let t0 = base();
+        let mut tap = ContentTap::new(true, false, Duration::from_secs(1));
+        for p in psi(&[(0x1b, Pid(0x100))]).chunks(PACKET_LEN) {
+            tap.push(t0, p);
+        }
+        let idr = [0, 0, 0, 1, 0x65];
+        // Keyframes every 0.96 s (86,400 ticks), then one only 0.5 s after the last.
+        for (k, pts) in [0u64, 86_400, 172_800, 217_800, 259_200]
+            .into_iter()
+            .enumerate()
+        {
+            tap.push(t0, &pes_start(0x100, k as u8, true, pts, &idr));
+        }
+        tap.push(t0, &pes_start(0x100, 5, false, 300_000, &[0, 0, 1, 0x41]));
+        let (_, jobs) = drain(&mut tap);
+        let pts: Vec<_> = jobs.iter().filter_map(|j| j.pts).collect();
+        assert_eq!(pts, [0, 86_400, 172_800, 259_200]);
     }
 
     #[test]
@@ -523,8 +580,9 @@ mod tests {
         let (_, jobs) = drain(&mut tap);
         assert!(jobs.is_empty());
 
+        // AVS video (stream type 0x42) is decodable by no build.
         let mut tap = ContentTap::new(true, true, Duration::ZERO);
-        for p in psi(&[(0x02, Pid(0x100))]).chunks(PACKET_LEN) {
+        for p in psi(&[(0x42, Pid(0x100))]).chunks(PACKET_LEN) {
             tap.push(t0, p);
         }
         tap.push(t0, &pes_start(0x100, 0, true, 0, &idr));
@@ -532,7 +590,7 @@ mod tests {
         let (s, jobs) = drain(&mut tap);
         assert_eq!(
             s[0].video.as_ref().map(|v| v.codec),
-            Some(StreamKind::Video(VideoCodec::Mpeg2))
+            Some(StreamKind::Video(VideoCodec::Other(0x42)))
         );
         assert!(jobs.is_empty());
     }

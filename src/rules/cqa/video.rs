@@ -12,12 +12,13 @@
 //!   cost.
 //!
 //! The measures are pure functions over borrowed planes; [`PictureAnalyser`] wraps the
-//! decoder and keeps the previous sampled luma (one copy per analysed keyframe).
+//! decoder (OpenH264; the system FFmpeg with the `ffmpeg` feature) and keeps the previous
+//! sampled luma (one copy per analysed keyframe).
 
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 
-use super::{ContentConfig, CqaError};
+use super::{ContentConfig, CqaError, VideoCodec};
 
 /// A borrowed 8-bit luma plane.
 #[derive(Clone, Copy, Debug)]
@@ -91,9 +92,34 @@ pub struct Picture {
     pub frozen: Option<bool>,
 }
 
-/// Decodes sampled H.264 access units (Annex B, with their SPS/PPS) and measures them.
-pub struct PictureAnalyser {
-    decoder: Option<Decoder>,
+/// The decoder behind a [`PictureAnalyser`]: OpenH264 for H.264 in the default build; the
+/// system FFmpeg for every supported codec with the `ffmpeg` feature.
+enum Backend {
+    #[cfg_attr(feature = "ffmpeg", allow(dead_code))]
+    OpenH264(Decoder),
+    #[cfg(feature = "ffmpeg")]
+    Ffmpeg(super::ffmpeg::FfmpegDecoder),
+}
+
+impl Backend {
+    #[cfg(feature = "ffmpeg")]
+    fn new(codec: VideoCodec) -> Result<Backend, CqaError> {
+        super::ffmpeg::FfmpegDecoder::new(codec).map(Backend::Ffmpeg)
+    }
+
+    #[cfg(not(feature = "ffmpeg"))]
+    fn new(codec: VideoCodec) -> Result<Backend, CqaError> {
+        match codec {
+            VideoCodec::H264 => Decoder::new()
+                .map(Backend::OpenH264)
+                .map_err(|e| CqaError::Decoder(e.to_string())),
+            other => Err(CqaError::Unsupported(format!("{other:?} video"))),
+        }
+    }
+}
+
+/// Thresholds and the previous sampled luma: what a measure needs besides the picture.
+struct Measure {
     /// Luma of the previous sampled picture, tightly packed (`width × height`).
     prev: Vec<u8>,
     prev_size: (usize, usize),
@@ -102,44 +128,9 @@ pub struct PictureAnalyser {
     noise_db: f64,
 }
 
-impl PictureAnalyser {
-    pub fn new(cfg: &ContentConfig) -> PictureAnalyser {
-        PictureAnalyser {
-            decoder: None,
-            prev: Vec::new(),
-            prev_size: (0, 0),
-            black_level: black_level(cfg.black_pixel_threshold),
-            picture_threshold: cfg.black_picture_threshold,
-            noise_db: cfg.freeze_noise_db,
-        }
-    }
-
-    /// Decode one access unit (a keyframe) and measure it. `Ok(None)` when the decoder needs
-    /// more data (no picture came out).
-    pub fn analyse(&mut self, au: &[u8]) -> Result<Option<Picture>, CqaError> {
-        if self.decoder.is_none() {
-            self.decoder = Some(Decoder::new().map_err(|e| CqaError::Decoder(e.to_string()))?);
-        }
-        let Some(decoder) = self.decoder.as_mut() else {
-            return Ok(None);
-        };
-        let yuv = match decoder.decode(au) {
-            Ok(Some(yuv)) => yuv,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                // The decoder's state after an error is not worth trusting: start afresh.
-                self.decoder = None;
-                return Err(CqaError::Decode(e.to_string()));
-            }
-        };
-        let (width, height) = yuv.dimensions();
-        let stride = yuv.strides().0;
-        let y = Luma {
-            data: yuv.y(),
-            width,
-            height,
-            stride,
-        };
+impl Measure {
+    fn picture(&mut self, y: Luma<'_>) -> Picture {
+        let (width, height) = (y.width, y.height);
         let share = black_share(y, self.black_level);
         let difference_db = if self.prev_size == (width, height) {
             difference_db(
@@ -159,14 +150,70 @@ impl PictureAnalyser {
             self.prev.extend_from_slice(row);
         }
         self.prev_size = (width, height);
-        Ok(Some(Picture {
+        Picture {
             width,
             height,
             black_share: share,
             difference_db,
             blank: share >= self.picture_threshold,
             frozen: difference_db.map(|d| d <= self.noise_db),
-        }))
+        }
+    }
+}
+
+/// Decodes sampled keyframes (H.264 Annex B access units with their SPS/PPS; with the
+/// `ffmpeg` feature also MPEG-2 video and HEVC) and measures them.
+pub struct PictureAnalyser {
+    backend: Option<(VideoCodec, Backend)>,
+    measure: Measure,
+}
+
+impl PictureAnalyser {
+    pub fn new(cfg: &ContentConfig) -> PictureAnalyser {
+        PictureAnalyser {
+            backend: None,
+            measure: Measure {
+                prev: Vec::new(),
+                prev_size: (0, 0),
+                black_level: black_level(cfg.black_pixel_threshold),
+                picture_threshold: cfg.black_picture_threshold,
+                noise_db: cfg.freeze_noise_db,
+            },
+        }
+    }
+
+    /// Decode one access unit (a keyframe) of `codec` and measure it. `Ok(None)` when the
+    /// decoder needs more data (no picture came out).
+    pub fn analyse(&mut self, codec: VideoCodec, au: &[u8]) -> Result<Option<Picture>, CqaError> {
+        if self.backend.as_ref().is_none_or(|(c, _)| *c != codec) {
+            self.backend = Some((codec, Backend::new(codec)?));
+        }
+        let Some((_, backend)) = self.backend.as_mut() else {
+            return Ok(None);
+        };
+        let measure = &mut self.measure;
+        let res = match backend {
+            Backend::OpenH264(decoder) => match decoder.decode(au) {
+                Ok(Some(yuv)) => {
+                    let (width, height) = yuv.dimensions();
+                    Ok(Some(measure.picture(Luma {
+                        data: yuv.y(),
+                        width,
+                        height,
+                        stride: yuv.strides().0,
+                    })))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(CqaError::Decode(e.to_string())),
+            },
+            #[cfg(feature = "ffmpeg")]
+            Backend::Ffmpeg(decoder) => decoder.decode(au, |y| measure.picture(y)),
+        };
+        if res.is_err() {
+            // The decoder's state after an error is not worth trusting: start afresh.
+            self.backend = None;
+        }
+        res
     }
 }
 

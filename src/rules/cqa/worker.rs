@@ -76,12 +76,12 @@ impl Analysers {
         let cfg = &self.cfg;
         let s = &mut self.sources[source];
         match job.kind {
-            JobKind::H264 => {
+            JobKind::Video(codec) => {
                 let a = match &mut s.video {
                     Some((pid, a)) if *pid == job.pid => a,
                     slot => &mut slot.insert((job.pid, PictureAnalyser::new(cfg))).1,
                 };
-                match a.analyse(&job.data) {
+                match a.analyse(codec, &job.data) {
                     Ok(Some(picture)) => out(Report::Picture {
                         source,
                         pid: job.pid,
