@@ -47,6 +47,13 @@ impl ChannelContent {
             return Ok(None);
         }
         let content: &ContentConfig = &cfg.content;
+        // When every silence rule names its PID, only those audio PIDs are copied.
+        let audio_pids: Option<Vec<_>> = cfg
+            .rules
+            .iter()
+            .filter(|r| r.condition == Condition::SilentAudio)
+            .map(|r| r.pid)
+            .collect();
         let worker = Worker::spawn(&cfg.name, content.clone())?;
         tracing::info!(
             channel = %cfg.name,
@@ -63,7 +70,13 @@ impl ChannelContent {
             taps: cfg
                 .sources
                 .iter()
-                .map(|_| ContentTap::new(video, audio, content.video_interval))
+                .map(|_| {
+                    let tap = ContentTap::new(video, audio, content.video_interval);
+                    match &audio_pids {
+                        Some(p) => tap.with_audio_pids(p.clone()),
+                        None => tap,
+                    }
+                })
                 .collect(),
             monitors: cfg
                 .sources

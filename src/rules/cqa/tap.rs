@@ -79,6 +79,8 @@ pub struct ContentTap {
     /// Copy the video keyframes / the audio (only what some rule needs).
     want_video: bool,
     want_audio: bool,
+    /// Only these audio PIDs (every rule on silence names its PID); `None`: all of them.
+    audio_pids: Option<Vec<Pid>>,
     video_interval: Duration,
     /// When (and at which PTS) the last keyframe was copied.
     last_video: Option<(Instant, Option<u64>)>,
@@ -97,6 +99,7 @@ impl ContentTap {
             pmt_crc: None,
             want_video,
             want_audio,
+            audio_pids: None,
             video_interval,
             last_video: None,
             collect: Vec::with_capacity(1 + MAX_AUDIO_PIDS),
@@ -104,6 +107,13 @@ impl ContentTap {
             events: VecDeque::with_capacity(MAX_EVENTS),
             stats: TapStats::default(),
         }
+    }
+
+    /// Copy only these audio PIDs (when every `silent-audio` rule is scoped to a PID, the
+    /// others are not worth copying or decoding).
+    pub fn with_audio_pids(mut self, pids: Vec<Pid>) -> ContentTap {
+        self.audio_pids = Some(pids);
+        self
     }
 
     pub fn stats(&self) -> TapStats {
@@ -211,7 +221,8 @@ impl ContentTap {
             });
         }
         if self.want_audio {
-            for a in &info.audio {
+            let wanted = |pid: Pid| self.audio_pids.as_ref().is_none_or(|p| p.contains(&pid));
+            for a in info.audio.iter().filter(|a| wanted(a.pid)) {
                 if let Some(codec) = a.codec.audio() {
                     self.collect.push(Collect {
                         pid: a.pid,
@@ -486,10 +497,16 @@ mod tests {
     #[test]
     fn finds_streams_and_copies_one_keyframe_per_interval_and_all_audio() {
         let t0 = base();
-        let mut tap = ContentTap::new(true, true, Duration::from_secs(1));
-        for p in
-            psi(&[(0x1b, Pid(0x100)), (0x0f, Pid(0x101)), (0x02, Pid(0x102))]).chunks(PACKET_LEN)
-        {
+        // Two AAC PIDs, only 0x101 wanted (a rule scoped to it).
+        let mut tap =
+            ContentTap::new(true, true, Duration::from_secs(1)).with_audio_pids(vec![Pid(0x101)]);
+        let streams = [
+            (0x1b, Pid(0x100)),
+            (0x0f, Pid(0x101)),
+            (0x02, Pid(0x102)),
+            (0x0f, Pid(0x103)),
+        ];
+        for p in psi(&streams).chunks(PACKET_LEN) {
             tap.push(t0, p);
         }
         let (s, j) = drain(&mut tap);
@@ -503,7 +520,7 @@ mod tests {
         );
         assert_eq!(
             s[0].audio.len(),
-            1,
+            2,
             "MPEG-2 video on 0x102 is a second video: ignored"
         );
         let idr = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67];
@@ -522,6 +539,8 @@ mod tests {
         // Audio: two PES, each is a job once the next starts.
         tap.push(t0, &pes_start(0x101, 0, false, 900, &[0xff, 0xf1]));
         tap.push(t0, &pes_start(0x101, 1, false, 2820, &[0xff, 0xf1]));
+        tap.push(t0, &pes_start(0x103, 0, false, 900, &[0xff, 0xf1]));
+        tap.push(t0, &pes_start(0x103, 1, false, 2820, &[0xff, 0xf1]));
         let (_, jobs) = drain(&mut tap);
         let video: Vec<_> = jobs
             .iter()
