@@ -32,6 +32,9 @@ pub const TR101290_ERRORS: &str = "hitless_tr101290_errors_total";
 pub const SOURCE_HEALTHY: &str = "hitless_source_healthy";
 pub const SOURCE_HELD_DOWN: &str = "hitless_source_held_down";
 pub const RULE_FAILING: &str = "hitless_rule_failing";
+pub const CONTENT_STATE: &str = "hitless_content_state";
+pub const CONTENT_QUEUED: &str = "hitless_content_jobs_queued_total";
+pub const CONTENT_DROPPED: &str = "hitless_content_jobs_dropped_total";
 pub const CHANNEL_LOCKED: &str = "hitless_channel_locked";
 pub const CHANNEL_STAGE: &str = "hitless_channel_stage";
 pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
@@ -135,6 +138,18 @@ fn describe() {
     describe_gauge!(
         RULE_FAILING,
         "Switch mode: 1 while a failover rule of the source fails, by condition."
+    );
+    describe_gauge!(
+        CONTENT_STATE,
+        "Content analysis: 1 while the condition is present on the source, 0 while absent, -1 while unknown (codec not decodable, nothing analysed recently)."
+    );
+    describe_counter!(
+        CONTENT_QUEUED,
+        "Content analysis: jobs (keyframes, audio PES) handed to the channel's worker."
+    );
+    describe_counter!(
+        CONTENT_DROPPED,
+        "Content analysis: jobs dropped because the worker was busy (analysis lost, never packets)."
     );
     describe_gauge!(
         CHANNEL_LOCKED,
@@ -252,7 +267,26 @@ pub fn publish(s: &ChannelSnapshot) {
             counter!(SOURCE_DROPPED, &l).absolute(*n);
         }
     }
+    for src in &s.sources {
+        for (cond, st) in src.content.iter().flat_map(|c| &c.conditions) {
+            let l = [
+                ("channel", ch.clone()),
+                ("source", src.name.clone()),
+                ("condition", (*cond).to_owned()),
+            ];
+            let v = match st.state {
+                "present" => 1.0,
+                "absent" => 0.0,
+                _ => -1.0,
+            };
+            gauge!(CONTENT_STATE, &l).set(v);
+        }
+    }
     let l = [("channel", ch.clone())];
+    if let Some(c) = &s.content {
+        counter!(CONTENT_QUEUED, &l).absolute(c.queued);
+        counter!(CONTENT_DROPPED, &l).absolute(c.dropped);
+    }
     gauge!(CHANNEL_RUNNING, &l).set(if s.state == "running" { 1.0 } else { 0.0 });
     if let Some(aligned) = s.aligned {
         gauge!(MERGE_ALIGNED, &l).set(if aligned { 1.0 } else { 0.0 });

@@ -243,6 +243,9 @@ pub struct ChannelConfig {
     pub pid_error_period: Duration,
     /// Switch mode: sampled failover rules (`[[channel.rule]]`), applied to every source.
     pub rules: Vec<crate::rules::RuleSpec>,
+    /// Switch mode: content analysis settings (`[channel.content]`), used when a rule needs
+    /// them (`frozen-video`, `blank-picture`, `silent-audio`).
+    pub content: crate::rules::cqa::ContentConfig,
     /// At least one; network sources never overlap each other's receive addresses.
     pub sources: Vec<SourceConfig>,
     /// At least one; never a source of the same channel, never another output's destination.
@@ -661,11 +664,11 @@ mode = "smpte-2022-7"
         .unwrap_err()
         .to_string();
         assert!(e.contains("threshold = 4 is out of range 1..=3"), "{e}");
-        let e = parse(&with("  condition = \"frozen-video\""))
+        let e = parse(&with("  condition = \"unrecovered-packets\""))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("not supported yet in this build (planned: content analysis)"),
+            e.contains("not supported yet in this build (planned: content-merge mode)"),
             "{e}"
         );
         let e = parse(&with("  condition = \"black\""))

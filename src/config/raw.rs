@@ -89,6 +89,9 @@ pub(super) struct RawChannel {
     /// `[[channel.rule]]`: sampled failover rules (switch mode).
     #[serde(default)]
     pub rule: Vec<Spanned<RawRule>>,
+    /// `[channel.content]`: content analysis settings for the `frozen-video`,
+    /// `blank-picture` and `silent-audio` rules (switch mode). Optional.
+    pub content: Option<Spanned<RawContent>>,
     /// `[[channel.source]]`: the legs. At least one.
     #[serde(default)]
     pub source: Vec<Spanned<RawSource>>,
@@ -128,8 +131,8 @@ pub(super) struct RawOutput {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
-    /// `"p1-transport-errors"` | `"low-bitrate"` (later: `"unrecovered-packets"`,
-    /// `"frozen-video"`, `"blank-picture"`, `"silent-audio"`). Required.
+    /// `"p1-transport-errors"` | `"low-bitrate"` | `"frozen-video"` | `"blank-picture"` |
+    /// `"silent-audio"` (later: `"unrecovered-packets"`). Required.
     pub condition: Option<Spanned<String>>,
     /// Seconds (> 0, fractions allowed) per sample window. Default 10.
     pub sample_duration_s: Option<Spanned<f64>>,
@@ -137,8 +140,32 @@ pub(super) struct RawRule {
     pub samples: Option<Spanned<u64>>,
     /// Windows in error that fail the source (1..=samples). Default 2.
     pub threshold: Option<Spanned<u64>>,
-    /// Only count errors on this PID (0..=8191), for `p1-transport-errors`.
+    /// Only count errors on this PID (0..=8191), for `p1-transport-errors` and the content
+    /// conditions (`silent-audio`: one audio PID; the video ones: the video PID).
     pub pid: Option<Spanned<u64>>,
     /// `low-bitrate` only, required there: kbit/s below which a window is in error.
     pub min_kbps: Option<Spanned<u64>>,
+}
+
+/// `[channel.content]`: how the content analyser judges pictures and sound (ffmpeg's
+/// blackdetect / freezedetect / silencedetect defaults).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawContent {
+    /// Luma at or below `16 + t × 219` counts as black (0..=1). Default 0.10.
+    pub black_pixel_threshold: Option<Spanned<f64>>,
+    /// Share of black luma samples (0..=1, > 0) from which a picture is blank. Default 0.98.
+    pub black_picture_threshold: Option<Spanned<f64>>,
+    /// dB (−150..=0): sampled pictures differing by at most this much are frozen. Default −60.
+    pub freeze_noise_db: Option<Spanned<f64>>,
+    /// dBFS (−150..=0): audio whose peak stays below this on every channel is silent.
+    /// Default −60.
+    pub silence_threshold_dbfs: Option<Spanned<f64>>,
+    /// Milliseconds (0..=60000) between analysed keyframes (0: every keyframe). Default 1000.
+    pub video_interval_ms: Option<Spanned<u64>>,
+    /// Milliseconds of audio (10..=10000) per level measurement. Default 500.
+    pub audio_interval_ms: Option<Spanned<u64>>,
+    /// Analysis jobs (1..=1024) that may wait for the channel's worker; more are dropped
+    /// (never packets). Default 64.
+    pub analysis_queue: Option<Spanned<u64>>,
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawChannel, RawConfig, RawNode, RawOutput, RawRule, RawSource};
+
+mod content;
 use super::{
     ChannelConfig, Config, ConfigError, DEFAULT_CLEAR_TIME_MS, DEFAULT_HOLDDOWN_FAILURES,
     DEFAULT_HOLDDOWN_MS, DEFAULT_HOLDDOWN_PERIOD_MS, DEFAULT_HTTP_LISTEN, DEFAULT_LEG_TIMEOUT_MS,
@@ -436,6 +438,7 @@ impl Validator<'_> {
                 );
             }
         }
+        let content = self.content(&who, mode, ch.content);
         let mut rules = Vec::new();
         for r in ch.rule {
             if let Some(spec) = self.rule(&who, mode, r) {
@@ -499,6 +502,7 @@ impl Validator<'_> {
             rap_max_wait: Duration::from_millis(rap_ms),
             pid_error_period: Duration::from_millis(pid_err_ms),
             rules,
+            content,
             sources,
             outputs,
         }
@@ -588,8 +592,7 @@ impl Validator<'_> {
             self.report(
                 cond.span(),
                 "channel.rule.condition",
-                format!("{wrule}: not supported yet in this build (planned: {}) — use \"p1-transport-errors\" or \"low-bitrate\"",
-                    if condition == Condition::UnrecoveredPackets { "content-merge mode" } else { "content analysis" }),
+                format!("{wrule}: not supported yet in this build (planned: content-merge mode) — use \"p1-transport-errors\" or \"low-bitrate\""),
             );
             return None;
         }

@@ -18,6 +18,9 @@
 //!   - `frozen-video`, `blank-picture`, `silent-audio` (and any condition, generically): the
 //!     content analyser reported it present in that window through
 //!     [`SourceRules::observe_condition`].
+//! - A content rule is *unknown* while the analyser cannot judge its condition (a codec this
+//!   build does not decode, no stream, no recent measurement; see [`cqa`]): it neither fails
+//!   nor counts as healthy in the API, and [`SourceRules::failing`] skips it.
 //! - A rule is *failing* when at least `threshold` of the last `samples` completed windows were
 //!   in error, and healthy again as soon as fewer are (no extra hysteresis: the switch adds its
 //!   own clear time). Before `samples` windows have completed, the completed ones count.
@@ -31,6 +34,7 @@
 //!     window (zero bytes is low bitrate, consistent with the on-time case), and a source that
 //!     kept sending is not flagged just because the glue was late.
 
+pub mod cqa;
 pub mod sampler;
 pub mod tr101290;
 
@@ -78,12 +82,17 @@ impl Condition {
         self as usize
     }
 
-    /// Whether this build can evaluate the condition. The content conditions need the content
-    /// analyser, which does not exist yet: the config rejects them.
+    /// Whether this build can evaluate the condition (the content conditions through
+    /// [`cqa`]).
     pub fn is_supported(self) -> bool {
+        true
+    }
+
+    /// Judged by the content analyser ([`cqa`]).
+    pub fn is_content(self) -> bool {
         matches!(
             self,
-            Condition::P1TransportErrors | Condition::LowBitrate | Condition::UnrecoveredPackets
+            Condition::FrozenVideo | Condition::BlankPicture | Condition::SilentAudio
         )
     }
 
@@ -138,8 +147,7 @@ pub enum RuleError {
 }
 
 impl RuleSpec {
-    /// Check the spec. Content conditions are rejected until the analyser exists
-    /// ([`SourceRules`] itself accepts them, fed by [`SourceRules::observe_condition`]).
+    /// Check the spec.
     pub fn validate(&self) -> Result<(), RuleError> {
         if !self.condition.is_supported() {
             return Err(RuleError::Unsupported(self.condition));
@@ -196,6 +204,9 @@ pub struct RuleStatus {
     /// The last completed windows (at most `samples`), oldest first: `true` = in error.
     pub recent: Vec<bool>,
     pub failing: bool,
+    /// `"healthy"`, `"failing"` or `"unknown"` (a content rule whose condition cannot be
+    /// judged: it is then never failing).
+    pub state: &'static str,
     /// Times the rule went from healthy to failing.
     pub failures: u64,
     /// `low-bitrate`: average bitrate of the last completed window in kbit/s.
@@ -213,6 +224,8 @@ struct Rule {
     /// The condition was observed present in the open window.
     flagged: bool,
     failing: bool,
+    /// The content analyser cannot judge the condition now.
+    unknown: bool,
     failures: u64,
     last_kbps: Option<u64>,
 }
@@ -289,6 +302,7 @@ impl SourceRules {
                     measured_from: now,
                     flagged: false,
                     failing: false,
+                    unknown: false,
                     failures: 0,
                     last_kbps: None,
                 })
@@ -349,6 +363,24 @@ impl SourceRules {
         }
     }
 
+    /// Mark content rules unknown (or known again): `unknown(condition, pid)` is asked for
+    /// every content rule. An unknown rule is skipped by [`failing`](SourceRules::failing);
+    /// its windows go on being sampled from what is observed.
+    pub fn set_unknown(&mut self, unknown: impl Fn(Condition, Option<Pid>) -> bool) {
+        for r in self
+            .rules
+            .iter_mut()
+            .filter(|r| r.spec.condition.is_content())
+        {
+            r.unknown = unknown(r.spec.condition, r.spec.pid);
+        }
+    }
+
+    /// Whether any rule needs the content analyser.
+    pub fn has_content_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.spec.condition.is_content())
+    }
+
     /// The next window boundary of any rule; `None` without rules.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.rules.iter().map(|r| r.sampler.window_end()).min()
@@ -358,7 +390,7 @@ impl SourceRules {
     pub fn failing(&self) -> Option<Condition> {
         self.rules
             .iter()
-            .find(|r| r.failing)
+            .find(|r| r.failing && !r.unknown)
             .map(|r| r.spec.condition)
     }
 
@@ -375,7 +407,12 @@ impl SourceRules {
                 threshold: r.sampler.threshold(),
                 windows_in_error: r.sampler.in_error(),
                 recent: r.sampler.recent(),
-                failing: r.failing,
+                failing: r.failing && !r.unknown,
+                state: match (r.unknown, r.failing) {
+                    (true, _) => "unknown",
+                    (false, true) => "failing",
+                    (false, false) => "healthy",
+                },
                 failures: r.failures,
                 last_kbps: r.last_kbps,
             })
@@ -624,14 +661,39 @@ mod tests {
     }
 
     #[test]
+    fn unknown_content_rules_never_fail() {
+        let t0 = base();
+        let mut rules = SourceRules::new(
+            t0,
+            &[
+                spec(Condition::BlankPicture, 1, 1, 1),
+                spec(Condition::P1TransportErrors, 1, 1, 1),
+            ],
+        );
+        assert!(rules.has_content_rules());
+        rules.observe_condition(t0, Condition::BlankPicture, true);
+        run_until(&mut rules, &Meter::default(), t0 + S);
+        assert_eq!(rules.failing(), Some(Condition::BlankPicture));
+        rules.set_unknown(|c, _| c == Condition::BlankPicture);
+        assert_eq!(
+            rules.failing(),
+            None,
+            "unknown: neither failing nor healthy"
+        );
+        let st = rules.status();
+        assert_eq!((st[0].state, st[0].failing), ("unknown", false));
+        assert_eq!(st[1].state, "healthy", "counter rules are never unknown");
+        rules.set_unknown(|_, _| false);
+        assert_eq!(rules.failing(), Some(Condition::BlankPicture));
+        assert_eq!(rules.status()[0].state, "failing");
+    }
+
+    #[test]
     fn validation() {
         let ok = spec(Condition::P1TransportErrors, 10, 6, 2);
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!(spec(Condition::LowBitrate, 1, 1, 1).validate(), Ok(()));
-        assert_eq!(
-            spec(Condition::BlankPicture, 10, 6, 2).validate(),
-            Err(RuleError::Unsupported(Condition::BlankPicture))
-        );
+        assert_eq!(spec(Condition::BlankPicture, 10, 6, 2).validate(), Ok(()));
         assert!(matches!(
             spec(Condition::P1TransportErrors, 10, 6, 7).validate(),
             Err(RuleError::Threshold { .. })

@@ -191,6 +191,7 @@ impl MergeChannel {
                         .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1000.0),
                     tr101290: None,
                     rules: Vec::new(),
+                    content: None,
                 }
             })
             .collect();
@@ -218,6 +219,7 @@ impl MergeChannel {
             last_switch_gap_ms: None,
             aligned: None,
             diverged: None,
+            content: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! what keeps a busy channel from overflowing its receive buffer.
 
 mod channel;
+pub mod content;
 mod switch;
 mod wait;
 
@@ -87,6 +88,9 @@ pub struct ChannelSnapshot {
     /// Content-merge mode: times the legs were found to differ.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diverged: Option<u64>,
+    /// Switch mode with content rules: the analysis queue's counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<content::ContentStats>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,6 +118,9 @@ pub struct SourceSnapshot {
     /// Switch mode: sampled failover rules and their windows.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<crate::rules::RuleStatus>,
+    /// Switch mode with content rules: streams, last measured values, condition states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::rules::cqa::monitor::ContentStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -212,6 +219,7 @@ impl ChannelSnapshot {
                     last_packet_age_ms: None,
                     tr101290: None,
                     rules: Vec::new(),
+                    content: None,
                 })
                 .collect(),
             merge: MergeSnapshot::default(),
@@ -232,6 +240,7 @@ impl ChannelSnapshot {
             last_switch_gap_ms: None,
             aligned: None,
             diverged: None,
+            content: None,
         }
     }
 }

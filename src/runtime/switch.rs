@@ -3,6 +3,10 @@
 //! air, runs the active source's packets through the [`Splicer`] (clean switches) and sends
 //! them to every output. The only clock reads are here.
 //!
+//! With `frozen-video`, `blank-picture` or `silent-audio` rules, every source's packets also
+//! pass the content analyser's tap ([`ChannelContent`]); its findings arrive from the worker
+//! thread and are applied whenever the channel wakes up.
+//!
 //! A content-merge channel (not yet enabled by the config) runs here too: while its
 //! [`ContentMerger`] has the legs aligned, the merged stream is the output; when they
 //! diverge, the channel falls back to switching between them.
@@ -14,6 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::content::ChannelContent;
 use super::wait::{Waiter, Wake};
 use super::{ChannelSnapshot, Command, MergeSnapshot, RuntimeError, SourceSnapshot};
 use crate::config::{ChannelConfig, Mode};
@@ -97,6 +102,8 @@ pub(super) struct SwitchChannel {
     /// its log line carries the output gap.
     switch_pending: Option<(Instant, Option<LegId>, Option<LegId>, Reason)>,
     last_gap_ms: Option<f64>,
+    /// Content analysis, when a rule needs it.
+    content: Option<ChannelContent>,
 }
 
 impl SwitchChannel {
@@ -149,6 +156,10 @@ impl SwitchChannel {
                 stage: cfg.stage,
             },
         );
+        let content = ChannelContent::open(cfg).map_err(|source| RuntimeError::Thread {
+            channel: cfg.name.clone(),
+            source,
+        })?;
         Ok(SwitchChannel {
             muted: cfg.muted,
             cfg: cfg.clone(),
@@ -176,6 +187,7 @@ impl SwitchChannel {
             last_output: None,
             switch_pending: None,
             last_gap_ms: None,
+            content,
         })
     }
 
@@ -278,10 +290,14 @@ impl SwitchChannel {
             return;
         };
         let router = &mut self.router;
+        let mut content = self.content.as_mut();
         for _ in 0..READ_BUDGET {
             let res = leg.read_ts_batch(|payload| {
                 for pkt in payload.chunks_exact(PACKET_LEN) {
                     p1.push(now, pkt);
+                    if let Some(c) = content.as_deref_mut() {
+                        c.push(now, i, pkt);
+                    }
                 }
                 router.deliver(now, i, &payload);
             });
@@ -295,6 +311,9 @@ impl SwitchChannel {
                 }
             }
         }
+        if let Some(c) = &mut self.content {
+            c.flush_source(i);
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -305,6 +324,12 @@ impl SwitchChannel {
             let Source { input, p1, rules } = &mut self.sources[i];
             p1.handle_timeout(now);
             let before = rules.failing();
+            if let Some(c) = &mut self.content
+                && rules.poll_timeout().is_some_and(|t| t <= now)
+            {
+                // Stale measurements make content rules unknown before their windows close.
+                c.sync(now, i, rules);
+            }
             rules.handle_timeout(now, &Meter(input, p1));
             let after = rules.failing();
             if before != after {
@@ -346,12 +371,38 @@ impl SwitchChannel {
             *packets += 1;
             *bytes += pkt.len() as u64;
             p1.push(now, &pkt);
+            if let Some(c) = &mut self.content {
+                c.push(now, i, &pkt);
+            }
             self.router.deliver(now, i, &pkt);
         }
+        if let Some(c) = &mut self.content {
+            c.flush_source(i);
+        }
+    }
+
+    /// Apply the content analyser's findings that arrived since the last wake-up.
+    fn poll_content(&mut self, now: Instant) {
+        let Some(c) = &mut self.content else {
+            return;
+        };
+        if !c.poll_reports() {
+            return;
+        }
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let before = s.rules.failing();
+            c.apply(now, i, &mut s.rules);
+            let after = s.rules.failing();
+            if before != after {
+                self.router.switch.set_rule_state(now, LegId(i), after);
+            }
+        }
+        c.clear();
     }
 
     /// Send what the splicer produced, to every output; then log the switch events.
     async fn flush(&mut self, now: Instant) {
+        self.poll_content(now);
         self.router.drain_merged(now);
         while let Some(ev) = self.router.merge.as_mut().and_then(|m| m.poll_event()) {
             self.handle_content_event(ev);
@@ -506,6 +557,7 @@ impl SwitchChannel {
                             .collect(),
                     ),
                     rules: src.rules.status(),
+                    content: self.content.as_ref().and_then(|c| c.status(now, i)),
                 }
             })
             .collect();
@@ -537,6 +589,7 @@ impl SwitchChannel {
             muted: self.muted,
             switch: Some(status),
             last_switch_gap_ms: self.last_gap_ms,
+            content: self.content.as_ref().map(|c| c.stats()),
         }
     }
 }
