@@ -446,7 +446,6 @@ mod props {
         /// stretches and repeated tables: the output is the original with exactly the packets
         /// lost on every leg removed, in order, without duplicates.
         #[test]
-        #[ignore = "known failing (WIP): see the module docs, Status"]
         fn output_is_original_minus_packets_lost_everywhere(
             legs in 2usize..=3,
             seed in any::<u64>(),
@@ -544,7 +543,7 @@ fn real_streams_two_legs_with_loss_and_skew() {
         let got = sim.send(ms(1), SPACING, &pkts, &[a, b]);
         sim.run();
         let v = verdict(&sim.out, &expected(&pkts, &got), &pkts);
-        eprintln!("{file}: {v:?}, unplaceable {}", sim.m.stats().unplaceable);
+        eprintln!("{file}: {v:?}, conflicts {} time_placed {} ambiguous {}", sim.m.stats().conflicts, sim.m.stats().time_placed, sim.m.stats().ambiguous);
         assert!(matches!(v, Ok((0, _))), "{file}: {v:?}");
     }
 }
@@ -677,7 +676,6 @@ fn regression_seed_7972805640275189663() {
 /// (delivered by leg 1 only, next to still-picture repeats) comes out before 1030 (leg 0
 /// only). Fails identically without held runs: not a placement-order case.
 #[test]
-#[ignore = "known failing: see the module docs, Status"]
 fn regression_seed_11690713759946156014() {
     prop_case(
         2,
@@ -693,7 +691,6 @@ fn regression_seed_11690713759946156014() {
 /// two packets per datagram): a `Diverged` event is raised. Fails identically without held
 /// runs.
 #[test]
-#[ignore = "known failing: see the module docs, Status"]
 fn regression_seed_445343815965347826() {
     prop_case(3, 445343815965347826, 1162, 0.0, &[44, 44, 44], &[2, 1, 1]);
 }
@@ -701,7 +698,6 @@ fn regression_seed_445343815965347826() {
 /// Proptest case (`legs = 3, seed = 16987729839618253349`, 14 % loss): a misordering that the
 /// former time-ordered placement also produces (three packets earlier).
 #[test]
-#[ignore = "known failing: see the module docs, Status"]
 fn regression_seed_16987729839618253349() {
     prop_case(
         3,
