@@ -105,6 +105,10 @@ pub const MATCH_TOLERANCE_NS: u64 = 1_000_000;
 const BUFFERED_DATAGRAMS: usize = 64;
 /// Packet-spacing samples (one per datagram) a leg's spacing is the median of.
 const SPACING_SAMPLES: usize = 15;
+/// Own spacing samples before a leg's median is trusted.
+const SPACING_WARM: usize = 4;
+/// Gap (packets) assumed while the spacing is unknown.
+const EARLY_GAP: f64 = 0.0;
 /// Spacing samples between content-placed datagrams the stream's spacing is the median of.
 const PIN_SAMPLES: usize = 31;
 /// Positions of one fingerprint looked at per lookup.
@@ -784,7 +788,9 @@ impl ContentMerger {
     fn gap_est(&self, li: usize, from: u64, t: u64, k: usize) -> f64 {
         let s = self.spacing(li);
         if s <= 0.0 {
-            return 0.0;
+            // Unknown (the first datagrams of the first leg): assume a loss. Empty positions
+            // cost nothing, while a gap too small makes another leg's packets collide.
+            return EARLY_GAP;
         }
         t.saturating_sub(from) as f64 / s - k as f64
     }
@@ -805,15 +811,20 @@ impl ContentMerger {
 
     /// The stream's packet spacing: from datagrams placed by content when there are enough,
     /// else the leg's own inter-datagram median (a lost datagram inflates those).
+    /// 0 while unknown: no content-placed samples yet and no leg with [`SPACING_WARM`] own
+    /// samples.
     fn spacing(&self, li: usize) -> f64 {
         if self.pin_at >= 3 {
             return self.pin_spacing;
         }
-        let s = self.legs[li].spacing;
-        if s > 0.0 {
-            return s;
+        let l = &self.legs[li];
+        if l.sample_at >= SPACING_WARM {
+            return l.spacing;
         }
-        self.legs.iter().map(|l| l.spacing).find(|s| *s > 0.0).unwrap_or(0.0)
+        self.legs
+            .iter()
+            .find(|l| l.sample_at >= SPACING_WARM)
+            .map_or(0.0, |l| l.spacing)
     }
 
     /// Valid content candidates for `pk` at positions >= `min` (and, if `fresh`, only slots
@@ -930,12 +941,13 @@ impl ContentMerger {
         let q = match pinned {
             Some((q, _)) => {
                 // Measure the time estimate against content.
+                let known = self.spacing(li) > 0.0;
                 let err = (q as f64 - (next as f64 + g_raw.max(0.0))).abs();
                 if err > 0.5 && std::env::var("CDBG").is_ok() {
                     eprintln!("leg {li} t {t} k {k} next {} q {} q_est {q_est} g_raw {g_raw} hi {} out {}", next - BASE_POS, q - BASE_POS, self.hi - BASE_POS, self.out - BASE_POS);
                 }
                 let l = &mut self.legs[li];
-                if l.last_t.is_some() {
+                if l.last_t.is_some() && known {
                     l.jitter += (err.min(64.0) - l.jitter) / 16.0;
                 }
                 l.conflicts = 0;
@@ -1114,13 +1126,24 @@ impl ContentMerger {
     /// A datagram of a leg that is not anchored.
     fn unanchored(&mut self, now_ns: u64, li: usize, pk: Vec<Pk>) {
         if !self.other_live_anchored(li) {
-            // Alone: it defines the timeline from here on.
+            // Alone: it defines the timeline from here on, once its packet spacing is known
+            // (the gaps of its first datagrams cannot be measured before).
+            if self.spacing(li) <= 0.0 && self.legs[li].buf.len() < BUFFERED_DATAGRAMS {
+                let l = &mut self.legs[li];
+                let seq = l.seq;
+                l.seq += 1;
+                l.buf.push_back(Dgram { seq, t: now_ns, pk });
+                return;
+            }
             let at = self.hi.max(self.out);
             self.set_anchored(now_ns, li, at);
-            self.put(now_ns, li, now_ns, at, &pk);
+            let buf = std::mem::take(&mut self.legs[li].buf);
+            for d in buf {
+                self.place(now_ns, li, d.t, &d.pk);
+            }
+            self.place(now_ns, li, now_ns, &pk);
             return;
         }
-        let k = pk.len();
         let l = &mut self.legs[li];
         l.unaligned_since.get_or_insert(now_ns);
         let seq = l.seq;
@@ -1130,74 +1153,81 @@ impl ContentMerger {
         {
             self.stats.legs[li].dropped += d.pk.len() as u64;
         }
-        self.candidates(now_ns, &pk, self.lo, true);
-        let streak = self.legs[li].streak;
-        let best = match streak {
-            Some(s) => {
-                let g = self.gap_est(li, s.t_last, now_ns, k).max(0.0) as u64;
-                let want = s.next + g;
-                self.cands
-                    .iter()
-                    .filter(|c| c.1 > 0 && c.0 >= s.next)
-                    .min_by_key(|c| c.0.abs_diff(want))
-                    .copied()
-                    .map(|c| (c, c.0 <= want + 64 + k as u64))
+        l.buf.push_back(Dgram { seq, t: now_ns, pk });
+        // Look for a streak over the whole buffer: a leg ahead of the anchored ones finds its
+        // matches only once they have caught up.
+        let buf = std::mem::take(&mut self.legs[li].buf);
+        let mut streak: Option<Streak> = None;
+        let mut found = None;
+        for d in &buf {
+            let k = d.pk.len();
+            self.candidates(now_ns, &d.pk, self.lo, true);
+            let best = streak
+                .and_then(|s| {
+                    let g = self.gap_est(li, s.t_last, d.t, k).max(0.0) as u64;
+                    let want = s.next + g;
+                    self.cands
+                        .iter()
+                        .filter(|c| c.1 > 0 && c.0 >= s.next && c.0 <= want + 64 + k as u64)
+                        .min_by_key(|c| c.0.abs_diff(want))
+                        .copied()
+                })
+                .or_else(|| {
+                    self.cands
+                        .iter()
+                        .filter(|c| c.1 > 0)
+                        .max_by_key(|c| (c.2, c.1, c.0))
+                        .copied()
+                });
+            let Some((q, m, unique)) = best else {
+                continue;
+            };
+            let s = match streak {
+                Some(mut s) if q >= s.next => {
+                    s.count += m;
+                    s.unique |= unique;
+                    s.next = q + k as u64;
+                    s.t_last = d.t;
+                    s
+                }
+                _ => Streak {
+                    seq: d.seq,
+                    q_first: q,
+                    next: q + k as u64,
+                    t_last: d.t,
+                    count: m,
+                    unique,
+                },
+            };
+            streak = Some(s);
+            if s.count >= ANCHOR_RUN && s.unique {
+                found = Some(s);
+                break;
             }
-            None => None,
         }
-        .filter(|(_, consistent)| *consistent)
-        .map(|(c, _)| c)
-        .or_else(|| {
-            self.cands
-                .iter()
-                .filter(|c| c.1 > 0)
-                .max_by_key(|c| (c.2, c.1, c.0))
-                .copied()
-        });
-        self.legs[li].buf.push_back(Dgram { seq, t: now_ns, pk });
-        let Some((q, m, unique)) = best else {
+        let Some(s) = found else {
+            self.legs[li].buf = buf;
             return;
         };
-        let l = &mut self.legs[li];
-        let s = match l.streak {
-            Some(mut s) if q >= s.next => {
-                s.count += m;
-                s.unique |= unique;
-                s.next = q + k as u64;
-                s.t_last = now_ns;
-                s
+        self.set_anchored(now_ns, li, s.q_first);
+        let mut rest = buf.into_iter();
+        for d in rest.by_ref() {
+            if d.seq < s.seq {
+                self.stats.legs[li].dropped += d.pk.len() as u64;
+                continue;
             }
-            _ => Streak {
-                seq,
-                q_first: q,
-                next: q + k as u64,
-                t_last: now_ns,
-                count: m,
-                unique,
-            },
-        };
-        l.streak = Some(s);
-        if s.count >= ANCHOR_RUN && s.unique {
-            self.set_anchored(now_ns, li, s.q_first);
-            let buf = std::mem::take(&mut self.legs[li].buf);
-            let mut rest = buf.into_iter();
-            for d in rest.by_ref() {
-                if d.seq < s.seq {
-                    self.stats.legs[li].dropped += d.pk.len() as u64;
-                    continue;
-                }
-                if !self.place(now_ns, li, d.t, &d.pk) {
-                    // Unanchored again while replaying: keep the rest for the next try.
-                    let l = &mut self.legs[li];
-                    l.buf.push_back(d);
-                    l.buf.extend(rest);
-                    return;
-                }
+            if !self.place(now_ns, li, d.t, &d.pk) {
+                // Unanchored again while replaying: keep the rest for the next try.
+                let l = &mut self.legs[li];
+                l.buf.push_back(d);
+                l.buf.extend(rest);
+                return;
             }
         }
     }
 
     fn set_anchored(&mut self, now_ns: u64, li: usize, at: u64) {
+        self.legs[li].streak = None;
         if std::env::var("CDBG").is_ok() {
             eprintln!("anchor {li} at {} t {now_ns}", at - BASE_POS);
         }

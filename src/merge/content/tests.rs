@@ -708,3 +708,29 @@ fn regression_seed_16987729839618253349() {
         &[6, 5, 6],
     );
 }
+
+/// Proptest case (`legs = 2`, 15 % loss, leg 1 1 ms late, one or two packets per datagram).
+#[test]
+fn regression_seed_1931891442261406667() {
+    prop_case(
+        2,
+        1931891442261406667,
+        774,
+        0.14723881033929148,
+        &[0, 1, 0],
+        &[2, 2, 1],
+    );
+}
+
+/// Proptest case (`legs = 2`, 13 % loss, leg 0 45 ms late).
+#[test]
+fn regression_seed_14945264691302576756() {
+    prop_case(
+        2,
+        14945264691302576756,
+        987,
+        0.13083139408826586,
+        &[45, 0, 0],
+        &[1, 2, 1],
+    );
+}
