@@ -103,7 +103,7 @@ pub const ANCHOR_RUN: u32 = 3;
 pub const MATCH_TOLERANCE_NS: u64 = 1_000_000;
 /// Datagrams an unanchored leg keeps for replay once it anchors.
 const BUFFERED_DATAGRAMS: usize = 64;
-/// Packet-spacing samples (one per datagram) a leg's spacing is the median of.
+/// Packet-spacing samples (one per datagram) a leg's spacing is estimated from.
 const SPACING_SAMPLES: usize = 15;
 /// Own spacing samples before a leg's median is trusted.
 const SPACING_WARM: usize = 4;
@@ -248,6 +248,27 @@ pub fn fingerprint(p: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+
+/// The mean of the densest cluster of spacing samples (within ±4 % of one of them): samples
+/// right after a loss are too large by the lost packets, samples of a bunch of datagrams
+/// delivered together too small; the undisturbed ones agree with each other.
+fn densest(v: &[f64]) -> f64 {
+    let mut best = (0usize, 0.0f64, 0.0f64);
+    for &c in v {
+        let (mut n, mut sum) = (0usize, 0.0);
+        for &x in v {
+            if (x - c).abs() <= 0.04 * c {
+                n += 1;
+                sum += x;
+            }
+        }
+        // Ties: the smaller spacing (losses inflate, they do not deflate).
+        if n > best.0 || (n == best.0 && c < best.1) {
+            best = (n, c, sum / n as f64);
+        }
+    }
+    best.2
+}
 
 /// One TS packet of a datagram.
 #[derive(Clone)]
@@ -499,10 +520,7 @@ impl ContentMerger {
                 l.samples[l.sample_at % SPACING_SAMPLES] = s;
                 l.sample_at += 1;
                 let k = l.sample_at.min(SPACING_SAMPLES);
-                let mut v = l.samples;
-                let v = &mut v[..k];
-                let (_, m, _) = v.select_nth_unstable_by((k - 1) / 2, f64::total_cmp);
-                l.spacing = *m;
+                l.spacing = densest(&l.samples[..k]);
             }
             if count > 0 {
                 l.last_arrival = Some(now_ns);
@@ -817,14 +835,14 @@ impl ContentMerger {
         if self.pin_at >= 3 {
             return self.pin_spacing;
         }
-        let l = &self.legs[li];
-        if l.sample_at >= SPACING_WARM {
-            return l.spacing;
-        }
+        // Losses only inflate a leg's samples: the smallest warm median is the best.
+        let _ = li;
         self.legs
             .iter()
-            .find(|l| l.sample_at >= SPACING_WARM)
-            .map_or(0.0, |l| l.spacing)
+            .filter(|l| l.sample_at >= SPACING_WARM && l.spacing > 0.0)
+            .map(|l| l.spacing)
+            .min_by(f64::total_cmp)
+            .unwrap_or(0.0)
     }
 
     /// Valid content candidates for `pk` at positions >= `min` (and, if `fresh`, only slots
@@ -905,9 +923,6 @@ impl ContentMerger {
             return false;
         }
         let q_est = next + gap;
-        if std::env::var("CDBGT").is_ok_and(|v| v == t.to_string()) {
-            eprintln!("place leg {li} t {t} g_raw {g_raw} gap {gap} spacing {} jitter {} last_t {:?} samples {:?}", self.spacing(li), self.legs[li].jitter, self.legs[li].last_t, self.legs[li].samples);
-        }
         // Content: the estimated position first, then the index.
         let mut pinned: Option<(u64, u32)> = None;
         if let Some(i) = pk.iter().position(|p| !p.null)
@@ -943,9 +958,6 @@ impl ContentMerger {
                 // Measure the time estimate against content.
                 let known = self.spacing(li) > 0.0;
                 let err = (q as f64 - (next as f64 + g_raw.max(0.0))).abs();
-                if err > 0.5 && std::env::var("CDBG").is_ok() {
-                    eprintln!("leg {li} t {t} k {k} next {} q {} q_est {q_est} g_raw {g_raw} hi {} out {}", next - BASE_POS, q - BASE_POS, self.hi - BASE_POS, self.out - BASE_POS);
-                }
                 let l = &mut self.legs[li];
                 if l.last_t.is_some() && known {
                     l.jitter += (err.min(64.0) - l.jitter) / 16.0;
@@ -1002,9 +1014,6 @@ impl ContentMerger {
                                 .find(|&p| self.fits(p, &pk[(p - q_est) as usize]).is_none())
                                 .unwrap_or(q_est);
                             if c >= self.out {
-                                if std::env::var("CDBG").is_ok() {
-                                    eprintln!("insert leg {li} at {} m {}", c - BASE_POS, q_est + k as u64 - c);
-                                }
                                 self.insert(c, q_est + k as u64 - c);
                             }
                             q_est
@@ -1053,15 +1062,6 @@ impl ContentMerger {
 
     /// Write the datagram at `q` (validated, or made room for).
     fn put(&mut self, now_ns: u64, li: usize, t: u64, q: u64, pk: &[Pk]) {
-        if let Ok(r) = std::env::var("CDBGR") {
-            let mut it = r.split(',').map(|x| x.parse::<u64>().unwrap_or(0));
-            let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-            if q - BASE_POS + pk.len() as u64 >= a && q - BASE_POS <= b {
-                let v: Vec<String> = pk.iter().map(|p| if p.null { "N".into() } else { format!("{:x}", p.fp & 0xffff) }).collect();
-                let ex: Vec<String> = (0..pk.len() as u64).map(|i| self.slot(q + i).map_or("-".into(), |s| if s.kind == Kind::Null { "N".into() } else { format!("{:x}", s.fp & 0xffff) })).collect();
-                eprintln!("put leg {li} t {t} q {} next {} [{}] over [{}]", q - BASE_POS, self.legs[li].next - BASE_POS, v.join(" "), ex.join(" "));
-            }
-        }
         let bit = 1u32 << li;
         let mut agreed = false;
         for (i, p) in pk.iter().enumerate() {
@@ -1110,9 +1110,6 @@ impl ContentMerger {
     // ---- anchoring ----
 
     fn unanchor(&mut self, li: usize) {
-        if std::env::var("CDBG").is_ok() {
-            eprintln!("unanchor {li} next {}", self.legs[li].next - BASE_POS);
-        }
         let l = &mut self.legs[li];
         if l.anchored {
             l.anchored = false;
@@ -1228,9 +1225,6 @@ impl ContentMerger {
 
     fn set_anchored(&mut self, now_ns: u64, li: usize, at: u64) {
         self.legs[li].streak = None;
-        if std::env::var("CDBG").is_ok() {
-            eprintln!("anchor {li} at {} t {now_ns}", at - BASE_POS);
-        }
         let reanchor = self.legs[li].was_anchored;
         let l = &mut self.legs[li];
         l.anchored = true;
@@ -1291,9 +1285,6 @@ impl ContentMerger {
                     && (self.legs[j].agree_ns > a || (self.legs[j].agree_ns == a && j < i))
             });
             if worse {
-                if std::env::var("CDBG").is_ok() {
-                    eprintln!("disagree {i}");
-                }
                 self.unanchor(i);
                 self.legs[i].unaligned_since = Some(self.legs[i].agree_ns + self.window_ns);
             }

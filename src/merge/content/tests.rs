@@ -734,3 +734,30 @@ fn regression_seed_14945264691302576756() {
         &[1, 2, 1],
     );
 }
+
+/// Proptest case (`legs = 3`, 15 % loss, leg 0 32 ms late): the start, before the spacing is
+/// known.
+#[test]
+fn regression_seed_11441498026082497851() {
+    prop_case(
+        3,
+        11441498026082497851,
+        1182,
+        0.14897127495142462,
+        &[32, 0, 1],
+        &[7, 2, 2],
+    );
+}
+
+/// Proptest case (`legs = 3`, 15 % loss, legs 0 and 2 28 and 21 ms late).
+#[test]
+fn regression_seed_11441498026082498328() {
+    prop_case(
+        3,
+        11441498026082498328,
+        1094,
+        0.14897127495142462,
+        &[28, 0, 21],
+        &[4, 2, 3],
+    );
+}
