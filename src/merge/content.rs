@@ -107,8 +107,6 @@ const BUFFERED_DATAGRAMS: usize = 64;
 const SPACING_SAMPLES: usize = 15;
 /// Own spacing samples before a leg's median is trusted.
 const SPACING_WARM: usize = 4;
-/// Gap (packets) assumed while the spacing is unknown.
-const EARLY_GAP: f64 = 0.0;
 /// Spacing samples between content-placed datagrams the stream's spacing is the median of.
 const PIN_SAMPLES: usize = 31;
 /// Positions of one fingerprint looked at per lookup.
@@ -350,7 +348,6 @@ struct Leg {
     conflicts: u32,
     buf: VecDeque<Dgram>,
     seq: u64,
-    streak: Option<Streak>,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -452,7 +449,6 @@ impl ContentMerger {
                     conflicts: 0,
                     buf: VecDeque::with_capacity(BUFFERED_DATAGRAMS),
                     seq: 0,
-                    streak: None,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -790,14 +786,6 @@ impl ContentMerger {
             if l.next > c {
                 l.next += m;
             }
-            if let Some(s) = &mut l.streak {
-                if s.q_first >= c {
-                    s.q_first += m;
-                }
-                if s.next > c {
-                    s.next += m;
-                }
-            }
         }
     }
 
@@ -806,9 +794,9 @@ impl ContentMerger {
     fn gap_est(&self, li: usize, from: u64, t: u64, k: usize) -> f64 {
         let s = self.spacing(li);
         if s <= 0.0 {
-            // Unknown (the first datagrams of the first leg): assume a loss. Empty positions
-            // cost nothing, while a gap too small makes another leg's packets collide.
-            return EARLY_GAP;
+            // Unknown: the first leg waits for its spacing before it places anything, so this
+            // is only a replay right after anchoring; content decides there.
+            return 0.0;
         }
         t.saturating_sub(from) as f64 / s - k as f64
     }
@@ -1113,7 +1101,6 @@ impl ContentMerger {
         let l = &mut self.legs[li];
         if l.anchored {
             l.anchored = false;
-            l.streak = None;
             l.buf.clear();
             l.conflicts = 0;
         }
@@ -1224,14 +1211,12 @@ impl ContentMerger {
     }
 
     fn set_anchored(&mut self, now_ns: u64, li: usize, at: u64) {
-        self.legs[li].streak = None;
         let reanchor = self.legs[li].was_anchored;
         let l = &mut self.legs[li];
         l.anchored = true;
         l.was_anchored = true;
         l.next = at;
         l.last_t = None;
-        l.streak = None;
         l.conflicts = 0;
         l.unaligned_since = None;
         l.diverged = false;
