@@ -761,3 +761,100 @@ fn regression_seed_11441498026082498328() {
         &[4, 2, 3],
     );
 }
+
+/// Real timing, like the loopback test: `h264_aac.ts` at 4× speed (188 µs per packet), 7
+/// packets per datagram, 2 % loss per leg, leg 1 30 ms late, and arrival jitter: 0..`jit_us`
+/// per datagram plus stalls (a leg's datagrams held back for 1..`stall_ms` and delivered
+/// together) now and then.
+fn jittery(seed: u64, jit_us: u64, stall_ms: u64) -> (Vec<Bytes>, Vec<bool>, Sim) {
+    let pkts = real("h264_aac.ts", 10_692);
+    let spacing = Duration::from_nanos(188_000);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut sim = Sim::new(ContentConfig {
+        legs: 2,
+        window: ms(500),
+        capacity: 8192,
+        leg_timeout: ms(500),
+    });
+    let mut got = vec![false; pkts.len()];
+    for (leg, delay) in [(0usize, ms(0)), (1, ms(30))] {
+        let mut last = Duration::ZERO;
+        let mut stall_until = Duration::ZERO;
+        for (d, chunk) in pkts.chunks(7).enumerate() {
+            let first = d * 7;
+            let sent = spacing * (first + chunk.len()) as u32 + ms(1);
+            let mut at = sent + delay + Duration::from_micros(rng.u64(0..=jit_us));
+            if stall_ms > 0 && at > stall_until && rng.f64() < 0.005 {
+                stall_until = at + Duration::from_micros(rng.u64(1000..=stall_ms * 1000));
+            }
+            if at < stall_until {
+                at = stall_until;
+            }
+            at = at.max(last);
+            last = at;
+            if rng.f64() < 0.02 {
+                continue;
+            }
+            got[first..first + chunk.len()].fill(true);
+            let v: Vec<u8> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
+            sim.deliver(at, leg, Bytes::from(v));
+        }
+    }
+    sim.run();
+    (pkts, got, sim)
+}
+
+#[test]
+fn real_timing_with_jitter() {
+    for seed in 1..=5 {
+        let (pkts, got, sim) = jittery(seed, 100, 0);
+        let v = verdict(&sim.out, &expected(&pkts, &got), &pkts);
+        let s = sim.m.stats();
+        eprintln!(
+            "seed {seed}: {v:?}, conflicts {} time_placed {} ambiguous {}",
+            s.conflicts, s.time_placed, s.ambiguous
+        );
+        if let Err(i) = v {
+            eprintln!("{}", around(&sim.out, &pkts, i));
+        }
+        assert!(matches!(v, Ok((0, _))), "seed {seed}: {v:?}");
+        assert_eq!(sim.out.len(), expected(&pkts, &got).len(), "seed {seed}");
+    }
+}
+
+#[test]
+fn real_timing_with_stalls() {
+    for seed in 1..=5 {
+        let (pkts, got, sim) = jittery(seed, 100, 4);
+        let v = verdict(&sim.out, &expected(&pkts, &got), &pkts);
+        let s = sim.m.stats();
+        eprintln!(
+            "seed {seed}: {v:?}, out {} want {}, conflicts {} time_placed {} ambiguous {}",
+            sim.out.len(),
+            expected(&pkts, &got).len(),
+            s.conflicts,
+            s.time_placed,
+            s.ambiguous
+        );
+        if let Err(i) = v {
+            eprintln!("{}", around(&sim.out, &pkts, i));
+        }
+        assert!(matches!(v, Ok((0, _))), "seed {seed}: {v:?}");
+    }
+}
+
+/// Original indexes of the output packets around `i` (test diagnostics).
+fn around(out: &[Bytes], pkts: &[Bytes], i: usize) -> String {
+    let mut s = String::new();
+    for k in i.saturating_sub(8)..(i + 6).min(out.len()) {
+        let idx: Vec<usize> = pkts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p == out[k])
+            .map(|(j, _)| j)
+            .take(3)
+            .collect();
+        s += &format!("{k}:{idx:?} ");
+    }
+    s
+}
