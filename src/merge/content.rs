@@ -98,15 +98,16 @@ use crate::ts::{NULL_PID, PACKET_LEN};
 pub const JUMP_PACKETS: u64 = 1024;
 /// Non-null packets matching the timeline at consistent positions that anchor a leg.
 pub const ANCHOR_RUN: u32 = 3;
-/// A copy found further from its time estimate than the leg's jitter is taken only if it was
-/// first delivered within this of when the leg's path differential says.
-pub const MATCH_TOLERANCE_NS: u64 = 500_000;
+/// Datagrams a leg holds at most while their place is not proven (then placed by time).
+pub const HELD_MAX: usize = 16;
 /// Datagrams an unanchored leg keeps for replay once it anchors.
 const BUFFERED_DATAGRAMS: usize = 64;
 /// Packet-spacing samples (one per datagram) a leg's spacing is estimated from.
 const SPACING_SAMPLES: usize = 15;
 /// Packets between two points of a leg's arrival line before their slope is its spacing.
 const LONG_BASELINE: u64 = 128;
+/// Datagrams of one size in a row after which a leg's gaps are taken as multiples of it.
+const FIXED_SIZE_RUN: usize = 16;
 /// Own spacing samples before a leg's median is trusted.
 const SPACING_WARM: usize = 8;
 /// Spacing samples between content-placed datagrams the stream's spacing is the median of.
@@ -315,6 +316,15 @@ struct Dgram {
     pk: Vec<Pk>,
 }
 
+/// A datagram an anchored leg holds until a later datagram placed by content bounds it.
+struct Held {
+    t: u64,
+    pk: Vec<Pk>,
+    /// Arrived before the time estimate of the held datagram before it allows: that one was
+    /// late (a stall), so the leg's time estimates are off, not the content.
+    early: bool,
+}
+
 /// Matches of an unanchored leg at consistent positions.
 #[derive(Clone, Copy)]
 struct Streak {
@@ -363,6 +373,13 @@ struct Leg {
     conflicts: u32,
     buf: VecDeque<Dgram>,
     seq: u64,
+    /// Datagrams not placed by content yet (see `place`), and the position after the last
+    /// one as time estimates it.
+    held: Vec<Held>,
+    fwd: u64,
+    /// Size of its recent datagrams (TS packets) and how many in a row had it.
+    size: usize,
+    size_run: usize,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -466,6 +483,10 @@ impl ContentMerger {
                     conflicts: 0,
                     buf: VecDeque::with_capacity(BUFFERED_DATAGRAMS),
                     seq: 0,
+                    held: Vec::new(),
+                    fwd: BASE_POS,
+                    size: 0,
+                    size_run: 0,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -525,6 +546,12 @@ impl ContentMerger {
             // large, one of a burst too small.
             let l = &mut self.legs[li];
             l.pushed = true;
+            if count == l.size {
+                l.size_run += 1;
+            } else {
+                l.size = count;
+                l.size_run = 1;
+            }
             if let Some(last) = l.last_arrival
                 && now_ns > last
                 && count > 0
@@ -573,6 +600,11 @@ impl ContentMerger {
         let mut min = |v: u64| t = Some(t.map_or(v, |t: u64| t.min(v)));
         if let Some(c) = self.first_filled_created() {
             min(c + self.window_ns);
+        }
+        for l in self.legs.iter().filter(|l| l.anchored) {
+            if let Some(h) = l.held.first() {
+                min(h.t + self.hold_ns());
+            }
         }
         for (i, l) in self.legs.iter().enumerate() {
             if let Some(s) = l.unaligned_since
@@ -824,13 +856,25 @@ impl ContentMerger {
     }
 
     /// Gap rounded, with the leg's dead band (its measured estimation error).
+    /// A leg that cuts the stream into datagrams of one size loses whole datagrams: its gaps
+    /// are multiples of that size (so a jitter of up to half a datagram is harmless).
     fn gap_round(&self, li: usize, g: f64) -> u64 {
+        let l = &self.legs[li];
+        if l.size_run >= FIXED_SIZE_RUN && l.size > 1 {
+            let k = l.size as f64;
+            return ((g / k).round().max(0.0) * k) as u64;
+        }
         // The arrival line is a lower envelope: the estimate errs late, never early.
-        if g <= 0.75 + 2.0 * self.legs[li].jitter {
+        if g <= 0.75 + 2.0 * l.jitter {
             0
         } else {
             (g - 0.25).round() as u64
         }
+    }
+
+    /// How long a leg may hold datagrams (a quarter window, at most 50 ms).
+    fn hold_ns(&self) -> u64 {
+        (self.window_ns / 4).min(50_000_000)
     }
 
     /// How far (packets) content may place a datagram from its time estimate.
@@ -926,149 +970,295 @@ impl ContentMerger {
 
     // ---- placing ----
 
-    /// Place a datagram of anchored leg `li` that arrived at `t`. Returns false if the leg
-    /// was unanchored instead (jump, restart, repeated conflicts): the caller hands the
-    /// datagram to the anchoring.
-    fn place(&mut self, now_ns: u64, li: usize, t: u64, pk: &[Pk]) -> bool {
-        let k = pk.len();
-        let next = self.legs[li].next;
+    /// Time estimate of the position of a datagram of `k` packets arriving at `t` right
+    /// after position `base` on leg `li`: (raw gap, rounded gap).
+    fn forward_gap(&self, li: usize, base: u64, t: u64, k: usize) -> (f64, u64) {
         let s = self.spacing(li);
         let g_raw = match self.legs[li].line {
-            Some((rt, rp)) if s > 0.0 => {
-                rp as f64 + (t as f64 - rt) / s - k as f64 - next as f64
-            }
+            Some((rt, rp)) if s > 0.0 => rp as f64 + (t as f64 - rt) / s - k as f64 - base as f64,
             _ => self.legs[li]
                 .last_t
                 .map_or(0.0, |lt| self.gap_est(li, lt, t, k)),
         };
-        let gap = self.gap_round(li, g_raw);
-        if std::env::var("CDBG").is_ok() { eprintln!("leg {li} t {t} next {} g_raw {g_raw:.3} gap {gap} s {:.1} line {:?} origin {:?} jit {:.3}", next - BASE_POS, s, self.legs[li].line.map(|l| (l.0, l.1 - BASE_POS)), self.legs[li].origin.map(|l| (l.0, l.1 - BASE_POS)), self.legs[li].jitter); }
+        (g_raw, self.gap_round(li, g_raw))
+    }
+
+    /// Place a datagram of anchored leg `li` that arrived at `t`. Returns false if the leg
+    /// was unanchored instead (jump, restart, repeated conflicts): the caller hands the
+    /// datagram to the anchoring.
+    ///
+    /// A datagram that content places near its time estimate is placed, and the datagrams
+    /// the leg held before it are placed backwards from it (each ends where the time between
+    /// it and its successor says: datagrams bunched by a stall are adjacent). A leg at the
+    /// front of the timeline places by time at once. Any other datagram (no content near its
+    /// estimate: new packets, nulls, or a copy further away than the jitter explains) is held
+    /// until a later one is placed by content, or until two held datagrams agree on a far
+    /// copy, or for [`HELD_MAX`] datagrams / a quarter window (then placed by time).
+    fn place(&mut self, now_ns: u64, li: usize, t: u64, pk: &[Pk]) -> bool {
+        let k = pk.len();
+        let next = self.legs[li].next;
+        let base = if self.legs[li].held.is_empty() {
+            next
+        } else {
+            self.legs[li].fwd.max(next)
+        };
+        let (g_raw, gap) = self.forward_gap(li, base, t, k);
         if gap >= JUMP_PACKETS && self.other_live_anchored(li) {
             self.unanchor(li);
             return false;
         }
-        let q_est = next + gap;
+        let q_est = base + gap;
+        let has_data = pk.iter().any(|p| !p.null);
         // Content: the estimated position first, then the index.
-        let mut pinned: Option<(u64, u32)> = None;
+        let mut near: Option<u64> = None;
+        let mut far: Option<(u64, bool)> = None;
         if let Some(i) = pk.iter().position(|p| !p.null)
             && self.fits(q_est + i as u64, &pk[i]) == Some(true)
-            && let Some(m) = self.validate(q_est, pk)
+            && self.validate(q_est, pk).is_some()
         {
-            pinned = Some((q_est, m));
+            near = Some(q_est);
         }
-        if pinned.is_none() && pk.iter().any(|p| !p.null) {
+        if near.is_none() && has_data {
             self.candidates(now_ns, pk, next, false);
-            // Near the time estimate; further away only for a fingerprint seen once (repeated
-            // content elsewhere must not pull a datagram away from where its time puts it).
             let tol = self.tolerance(li);
-            let best = self
-                .cands
-                .iter()
-                .filter(|c| c.1 > 0)
-                .filter(|c| {
-                    c.0.abs_diff(q_est) <= tol
-                        || (c.1 >= 2 && c.2)
-                        || self.in_time(li, t, c.0, pk)
-                        || self.validate(q_est, pk).is_none()
-                })
-                .min_by_key(|c| c.0.abs_diff(q_est))
-                .copied();
-            if let Some((q, m, _)) = best {
-                if self.cands.iter().filter(|c| c.1 > 0).count() > 1 {
+            let mut best: Option<(u64, u32, bool)> = None;
+            let mut n = 0;
+            for &c in self.cands.iter().filter(|c| c.1 > 0) {
+                n += 1;
+                if best.is_none_or(|b| c.0.abs_diff(q_est) < b.0.abs_diff(q_est)) {
+                    best = Some(c);
+                }
+            }
+            if let Some((q, _, unique)) = best {
+                if n > 1 {
                     self.stats.ambiguous += 1;
                 }
-                pinned = Some((q, m));
+                if q.abs_diff(q_est) <= tol {
+                    near = Some(q);
+                } else {
+                    far = Some((q, unique));
+                }
             }
         }
-        let q = match pinned {
-            Some((q, _)) => {
-                // Measure the time estimate against content.
-                let known = self.spacing(li) > 0.0;
-                let err = (q as f64 - (next as f64 + g_raw.max(0.0))).abs();
-                let l = &mut self.legs[li];
-                if l.last_t.is_some() && known {
-                    l.jitter += (err.min(64.0) - l.jitter) / 16.0;
+        if let Some(q) = near {
+            self.resolve_held(now_ns, li, q, t, k);
+            // Measure the time estimate against content.
+            let next = self.legs[li].next;
+            let known = self.spacing(li) > 0.0;
+            let err = (q as f64 - (base as f64 + g_raw.max(0.0))).abs();
+            let l = &mut self.legs[li];
+            if l.last_t.is_some() && known {
+                l.jitter += (err.min(64.0) - l.jitter) / 16.0;
+            }
+            l.conflicts = 0;
+            // The positions between this datagram and the leg's previous one are proven:
+            // an exact spacing sample across whatever the leg lost.
+            if let Some(lt) = l.last_t
+                && q + k as u64 > next
+                && q >= next
+                && t > lt
+            {
+                let s = (t - lt) as f64 / (q + k as u64 - next) as f64;
+                self.pin_samples[self.pin_at % PIN_SAMPLES] = s;
+                self.pin_at += 1;
+                let n = self.pin_at.min(PIN_SAMPLES);
+                let mut v = self.pin_samples;
+                let v = &mut v[..n];
+                let (_, m, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+                self.pin_spacing = *m;
+            }
+            self.put(now_ns, li, t, q, pk);
+            return true;
+        }
+        if far.is_none() && self.legs[li].held.is_empty() && q_est >= self.hi {
+            // At the front: nothing to collide with.
+            return self.place_by_time(now_ns, li, t, pk);
+        }
+        let l = &mut self.legs[li];
+        let early = !l.held.is_empty() && g_raw < -0.5;
+        l.held.push(Held {
+            t,
+            pk: pk.to_vec(),
+            early,
+        });
+        l.fwd = q_est + k as u64;
+        // Held datagrams agreeing on a far copy: content wins if the leg's time was late
+        // (two datagrams, bunched after a stall), or if three agree on a fingerprint seen once
+        // (another leg's time was off: its positions moved). Otherwise a far copy is repeated
+        // content (a still picture), and time wins.
+        let held = &self.legs[li].held;
+        if let Some((qf, unique)) = far
+            && held.len() >= 2
+            && let Some((pos, matched)) = self.chain_back(li, qf, t, k, true)
+            && (held.iter().any(|h| h.early) || (unique && matched >= 2))
+        {
+            let mut held = std::mem::take(&mut self.legs[li].held);
+            let last = held.pop();
+            for (h, p) in held.iter().zip(pos) {
+                self.put(now_ns, li, h.t, p, &h.pk);
+            }
+            if let Some(h) = last {
+                self.put(now_ns, li, h.t, qf, &h.pk);
+            }
+            return true;
+        }
+        if self.legs[li].held.len() >= HELD_MAX {
+            return self.flush_held(now_ns, li);
+        }
+        true
+    }
+
+    /// Positions of the held datagrams before the last one (if `skip_last`) or all of them,
+    /// backwards from a successor at `q` (arrived at `t`, `k` packets): each ends where the
+    /// time to its successor says. `None` if they do not fit after the leg's cursor or
+    /// contradict the timeline; with `skip_last`, also unless one of them matches content
+    /// at its position (confirmation of a far copy). Also how many matched content.
+    fn chain_back(
+        &self,
+        li: usize,
+        q: u64,
+        t: u64,
+        k: usize,
+        skip_last: bool,
+    ) -> Option<(Vec<u64>, usize)> {
+        let l = &self.legs[li];
+        let n = l.held.len() - usize::from(skip_last);
+        let s = self.spacing(li);
+        // The gap before each held datagram's successor, by time.
+        let mut gaps = vec![0u64; n];
+        let (mut st, mut sk) = (t, k);
+        for j in (0..n).rev() {
+            let h = &l.held[j];
+            if s > 0.0 {
+                gaps[j] = self.gap_round(li, st.saturating_sub(h.t) as f64 / s - sk as f64);
+            }
+            (st, sk) = (h.t, h.pk.len());
+        }
+        // They must fit between the cursor and `q`: a stall makes a gap too large (the
+        // datagrams after it arrive bunched), so the largest gaps give way first.
+        let sizes: u64 = l.held[..n].iter().map(|h| h.pk.len() as u64).sum();
+        let room = q.checked_sub(l.next)?.checked_sub(sizes)?;
+        let mut total: u64 = gaps.iter().sum();
+        while total > room {
+            let (j, g) = gaps.iter().enumerate().max_by_key(|(_, g)| **g)?;
+            let cut = (total - room).min(*g);
+            gaps[j] -= cut;
+            total -= cut;
+        }
+        let mut pos = vec![0u64; n];
+        let mut start = q;
+        let mut matched = 0;
+        for j in (0..n).rev() {
+            let h = &l.held[j];
+            let p = start - gaps[j] - h.pk.len() as u64;
+            if self.validate(p, &h.pk)? > 0 {
+                matched += 1;
+            }
+            pos[j] = p;
+            start = p;
+        }
+        (!skip_last || matched > 0).then_some((pos, matched))
+    }
+
+    /// A datagram was placed by content at `q`: place what the leg held before it, backwards
+    /// from it, or (if they do not fit) by time.
+    fn resolve_held(&mut self, now_ns: u64, li: usize, q: u64, t: u64, k: usize) {
+        if self.legs[li].held.is_empty() {
+            return;
+        }
+        match self.chain_back(li, q, t, k, false) {
+            Some((pos, _)) => {
+                let held = std::mem::take(&mut self.legs[li].held);
+                let mut prev = self.legs[li].next;
+                for (h, p) in held.iter().zip(pos) {
+                    if p > prev {
+                        self.stats.time_placed += 1;
+                    }
+                    self.put(now_ns, li, h.t, p, &h.pk);
+                    prev = p + h.pk.len() as u64;
                 }
-                l.conflicts = 0;
-                // The positions between this datagram and the leg's previous one are proven:
-                // an exact spacing sample across whatever the leg lost.
-                if let Some(lt) = l.last_t
-                    && q + k as u64 > next
-                    && t > lt
-                {
-                    let s = (t - lt) as f64 / (q + k as u64 - next) as f64;
-                    self.pin_samples[self.pin_at % PIN_SAMPLES] = s;
-                    self.pin_at += 1;
-                    let n = self.pin_at.min(PIN_SAMPLES);
-                    let mut v = self.pin_samples;
-                    let v = &mut v[..n];
-                    let (_, m, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
-                    self.pin_spacing = *m;
-                }
-                q
             }
             None => {
-                if gap > 0 {
-                    self.stats.time_placed += 1;
-                }
-                match self.validate(q_est, pk) {
-                    Some(_) => {
-                        self.legs[li].conflicts = 0;
-                        q_est
+                self.flush_held(now_ns, li);
+            }
+        }
+    }
+
+    /// Place the held datagrams by time. False if the leg was unanchored meanwhile.
+    fn flush_held(&mut self, now_ns: u64, li: usize) -> bool {
+        let held = std::mem::take(&mut self.legs[li].held);
+        let mut rest = held.into_iter();
+        for h in rest.by_ref() {
+            if !self.legs[li].anchored {
+                self.rebuffer(li, h.t, h.pk);
+                continue;
+            }
+            if !self.place_by_time(now_ns, li, h.t, &h.pk) {
+                self.rebuffer(li, h.t, h.pk);
+            }
+        }
+        self.legs[li].anchored
+    }
+
+    fn rebuffer(&mut self, li: usize, t: u64, pk: Vec<Pk>) {
+        let l = &mut self.legs[li];
+        let seq = l.seq;
+        l.seq += 1;
+        if l.buf.len() < BUFFERED_DATAGRAMS {
+            l.buf.push_back(Dgram { seq, t, pk });
+        } else {
+            self.stats.legs[li].dropped += pk.len() as u64;
+        }
+    }
+
+    /// Place a datagram where time puts it (no content near): on a compatible place within
+    /// the jitter, else by inserting positions at the first conflict.
+    fn place_by_time(&mut self, now_ns: u64, li: usize, t: u64, pk: &[Pk]) -> bool {
+        let k = pk.len();
+        let next = self.legs[li].next;
+        let (_, gap) = self.forward_gap(li, next, t, k);
+        let q_est = next + gap;
+        if gap > 0 {
+            self.stats.time_placed += 1;
+        }
+        let q = match self.validate(q_est, pk) {
+            Some(_) => {
+                self.legs[li].conflicts = 0;
+                q_est
+            }
+            None => {
+                let slack = self.tolerance(li);
+                let near = (q_est.saturating_sub(slack).max(next)..=q_est + slack)
+                    .filter(|&c| self.validate(c, pk).is_some())
+                    .min_by_key(|c| c.abs_diff(q_est));
+                if let Some(c) = near {
+                    self.stats.ambiguous += 1;
+                    c
+                } else {
+                    self.stats.conflicts += 1;
+                    let l = &mut self.legs[li];
+                    l.conflicts += 1;
+                    // Its content already output behind its cursor: the leg went back
+                    // (restart); or it keeps contradicting the other legs.
+                    if (l.conflicts >= CONFLICTS_MAX || self.behind(pk, next))
+                        && self.other_live_anchored(li)
+                    {
+                        self.unanchor(li);
+                        return false;
                     }
-                    None => {
-                        let slack = self.tolerance(li);
-                        let near = (q_est.saturating_sub(slack).max(next)..=q_est + slack)
-                            .filter(|&c| self.validate(c, pk).is_some())
-                            .min_by_key(|c| c.abs_diff(q_est));
-                        if let Some(c) = near {
-                            self.stats.ambiguous += 1;
-                            c
-                        } else {
-                            self.stats.conflicts += 1;
-                            let l = &mut self.legs[li];
-                            l.conflicts += 1;
-                            // Its content already output behind its cursor: the leg went back
-                            // (restart); or it keeps contradicting the other legs.
-                            if (l.conflicts >= CONFLICTS_MAX || self.behind(pk, next))
-                                && self.other_live_anchored(li)
-                            {
-                                self.unanchor(li);
-                                return false;
-                            }
-                            let c = (0..k as u64)
-                                .map(|i| q_est + i)
-                                .find(|&p| self.fits(p, &pk[(p - q_est) as usize]).is_none())
-                                .unwrap_or(q_est);
-                            if c >= self.out {
-                                self.insert(c, q_est + k as u64 - c);
-                            }
-                            q_est
-                        }
+                    let c = (0..k as u64)
+                        .map(|i| q_est + i)
+                        .find(|&p| self.fits(p, &pk[(p - q_est) as usize]).is_none())
+                        .unwrap_or(q_est);
+                    if c >= self.out {
+                        self.insert(c, q_est + k as u64 - c);
                     }
+                    q_est
                 }
             }
         };
         self.put(now_ns, li, t, q, pk);
         true
-    }
-
-    /// Whether the packets `pk` match at `q` were first delivered when this leg's path
-    /// differential says (within [`MATCH_TOLERANCE_NS`] plus a datagram): a copy, not a
-    /// repeat of the same bytes sent at another time.
-    fn in_time(&self, li: usize, t: u64, q: u64, pk: &[Pk]) -> bool {
-        let l = &self.legs[li];
-        if l.diff_n == 0 {
-            return false;
-        }
-        let tol = MATCH_TOLERANCE_NS as f64 + 2.0 * self.spacing(li);
-        pk.iter().enumerate().any(|(i, p)| {
-            !p.null
-                && self.slot(q + i as u64).is_some_and(|s| {
-                    let want = l.diff - self.legs[s.creator as usize].diff;
-                    (t as f64 - s.created_ns as f64 - want).abs() <= tol
-                })
-        })
     }
 
     /// Whether a non-null packet of `pk` with a fingerprint seen once is in the timeline
@@ -1158,6 +1348,9 @@ impl ContentMerger {
             l.anchored = false;
             l.buf.clear();
             l.conflicts = 0;
+            for h in std::mem::take(&mut l.held) {
+                self.rebuffer(li, h.t, h.pk);
+            }
         }
         self.stats.legs[li].aligned = false;
     }
@@ -1345,6 +1538,17 @@ impl ContentMerger {
     // ---- release ----
 
     fn advance(&mut self, now_ns: u64) {
+        // Held datagrams whose time is up are placed by time.
+        for i in 0..self.legs.len() {
+            if self.legs[i].anchored
+                && self.legs[i]
+                    .held
+                    .first()
+                    .is_some_and(|h| h.t + self.hold_ns() <= now_ns)
+            {
+                self.flush_held(now_ns, i);
+            }
+        }
         // Positions every waited-for leg is past.
         let mut lim = self.hi;
         for i in 0..self.legs.len() {
@@ -1368,6 +1572,18 @@ impl ContentMerger {
             let created = self.slot(f).map_or(0, |s| s.created_ns);
             if created + self.window_ns > now_ns {
                 break;
+            }
+            // Never release past what a leg holds.
+            let mut flushed = false;
+            for i in 0..self.legs.len() {
+                if self.legs[i].anchored && !self.legs[i].held.is_empty() && self.legs[i].next <= f
+                {
+                    self.flush_held(now_ns, i);
+                    flushed = true;
+                }
+            }
+            if flushed {
+                continue;
             }
             while self.out <= f {
                 self.release(self.out);
