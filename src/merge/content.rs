@@ -690,6 +690,18 @@ impl ContentMerger {
         }
     }
 
+    /// Packets of `pk` (nulls too) equal to the timeline's at `q`, or `None` if one
+    /// conflicts.
+    fn validate_overlap(&self, q: u64, pk: &[Pk]) -> Option<u32> {
+        let mut m = 0;
+        for (i, p) in pk.iter().enumerate() {
+            if self.fits(q + i as u64, p)? {
+                m += 1;
+            }
+        }
+        Some(m)
+    }
+
     /// Non-null packets of `pk` matching the timeline at `q`, or `None` if one conflicts.
     fn validate(&self, q: u64, pk: &[Pk]) -> Option<u32> {
         let mut m = 0;
@@ -1086,11 +1098,11 @@ impl ContentMerger {
         // (two datagrams, bunched after a stall), or if three agree on a fingerprint seen once
         // (another leg's time was off: its positions moved). Otherwise a far copy is repeated
         // content (a still picture), and time wins.
-        let held = &self.legs[li].held;
+        let early = self.legs[li].held.iter().any(|h| h.early);
         if let Some((qf, unique)) = far
-            && held.len() >= 2
-            && let Some((pos, matched)) = self.chain_back(li, qf, t, k, true)
-            && (held.iter().any(|h| h.early) || (unique && matched >= 2))
+            && self.legs[li].held.len() >= 2
+            && let Some((pos, matched)) = self.chain_back(now_ns, li, qf, t, k, true)
+            && (early || (unique && matched >= 2))
         {
             let mut held = std::mem::take(&mut self.legs[li].held);
             let last = held.pop();
@@ -1108,54 +1120,132 @@ impl ContentMerger {
         true
     }
 
-    /// Positions of the held datagrams before the last one (if `skip_last`) or all of them,
-    /// backwards from a successor at `q` (arrived at `t`, `k` packets): each ends where the
-    /// time to its successor says. `None` if they do not fit after the leg's cursor or
-    /// contradict the timeline; with `skip_last`, also unless one of them matches content
-    /// at its position (confirmation of a far copy). Also how many matched content.
+    /// Positions of the held datagrams (all of them, or all but the last if `skip_last`)
+    /// between the leg's cursor and a successor placed at `q` (arrived at `t`, `k` packets).
+    /// A held datagram whose packets are in the timeline in that interval goes there
+    /// (content wins). The others go between their neighbours where the leg's arrival times
+    /// say, forwards; if the time gaps add up to more than the room, the largest give way
+    /// first (a stall delays one datagram and bunches the next ones); room left over
+    /// (another leg's positions moved) stays before the next neighbour. `None` if they do
+    /// not fit or contradict the timeline; with `skip_last`, also unless one of them matches
+    /// content (confirmation of a far copy). Also how many matched content.
     fn chain_back(
-        &self,
+        &mut self,
+        now_ns: u64,
         li: usize,
         q: u64,
         t: u64,
         k: usize,
         skip_last: bool,
     ) -> Option<(Vec<u64>, usize)> {
-        let l = &self.legs[li];
-        let n = l.held.len() - usize::from(skip_last);
+        let n = self.legs[li].held.len() - usize::from(skip_last);
+        let next = self.legs[li].next;
         let s = self.spacing(li);
-        // The gap before each held datagram's successor, by time.
-        let mut gaps = vec![0u64; n];
-        let (mut st, mut sk) = (t, k);
-        for j in (0..n).rev() {
-            let h = &l.held[j];
+        // gaps[j]: before held j (j < n); gaps[n]: before the successor.
+        let mut gaps = vec![0u64; n + 1];
+        if n > 0 {
+            let h = &self.legs[li].held[0];
+            gaps[0] = self.forward_gap(li, next, h.t, h.pk.len()).1;
+        }
+        for j in 1..=n {
+            let held = &self.legs[li].held;
+            let pt = held[j - 1].t;
+            let (ct, ck) = if j < n {
+                (held[j].t, held[j].pk.len())
+            } else {
+                (t, k)
+            };
             if s > 0.0 {
-                gaps[j] = self.gap_round(li, st.saturating_sub(h.t) as f64 / s - sk as f64);
+                gaps[j] = self.gap_round(li, ct.saturating_sub(pt) as f64 / s - ck as f64);
             }
-            (st, sk) = (h.t, h.pk.len());
         }
-        // They must fit between the cursor and `q`: a stall makes a gap too large (the
-        // datagrams after it arrive bunched), so the largest gaps give way first.
-        let sizes: u64 = l.held[..n].iter().map(|h| h.pk.len() as u64).sum();
-        let room = q.checked_sub(l.next)?.checked_sub(sizes)?;
-        let mut total: u64 = gaps.iter().sum();
-        while total > room {
-            let (j, g) = gaps.iter().enumerate().max_by_key(|(_, g)| **g)?;
-            let cut = (total - room).min(*g);
-            gaps[j] -= cut;
-            total -= cut;
-        }
-        let mut pos = vec![0u64; n];
-        let mut start = q;
+        // Content first.
+        let mut fixed: Vec<Option<u64>> = vec![None; n];
+        let mut lo = next;
         let mut matched = 0;
-        for j in (0..n).rev() {
-            let h = &l.held[j];
-            let p = start - gaps[j] - h.pk.len() as u64;
-            if self.validate(p, &h.pk)? > 0 {
+        for (j, f) in fixed.iter_mut().enumerate() {
+            let pk = std::mem::take(&mut self.legs[li].held[j].pk);
+            let kj = pk.len() as u64;
+            if pk.iter().any(|p| !p.null) {
+                self.candidates(now_ns, &pk, lo, false);
+                // Near where time puts it, or a fingerprint seen once (not a repeat).
+                let est = lo + gaps[j];
+                let tol = self.tolerance(li);
+                *f = self
+                    .cands
+                    .iter()
+                    .filter(|c| c.1 > 0 && c.0 >= lo && c.0 + kj <= q)
+                    .filter(|c| c.0.abs_diff(est) <= tol || c.2)
+                    .min_by_key(|c| c.0.abs_diff(est))
+                    .map(|c| c.0);
+            }
+            self.legs[li].held[j].pk = pk;
+            if let Some(p) = *f {
+                lo = p + kj;
                 matched += 1;
             }
-            pos[j] = p;
-            start = p;
+        }
+        // The rest between their neighbours, forwards.
+        let held = &self.legs[li].held;
+        let mut pos = vec![0u64; n];
+        let mut start = next;
+        let mut j = 0;
+        while j <= n {
+            // The run of unplaced datagrams j..e, then the neighbour at `end`.
+            let mut e = j;
+            while e < n && fixed[e].is_none() {
+                e += 1;
+            }
+            let end = if e < n { fixed[e]? } else { q };
+            let sizes: u64 = held[j..e].iter().map(|h| h.pk.len() as u64).sum();
+            let room = end.checked_sub(start)?.checked_sub(sizes)?;
+            let g = &mut gaps[j..=e];
+            let mut total: u64 = g.iter().sum();
+            while total > room {
+                let (i, v) = g.iter().enumerate().max_by_key(|(_, v)| **v)?;
+                let cut = (total - room).min(*v);
+                g[i] -= cut;
+                total -= cut;
+            }
+            // Room the leg's times do not explain (another leg's positions moved): at the
+            // one place where the datagrams then coincide with the most packets already
+            // there; ties: just before the neighbour.
+            let slack = room - total;
+            let mut best: Option<(u32, usize)> = None;
+            for split in (j..=e).rev() {
+                let mut at = start;
+                let mut overlap = 0u32;
+                let mut ok = true;
+                for i in j..e {
+                    let p = at + gaps[i] + if i == split { slack } else { 0 };
+                    match self.validate_overlap(p, &held[i].pk) {
+                        Some(o) => overlap += o,
+                        None => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    at = p + held[i].pk.len() as u64;
+                }
+                if ok && best.is_none_or(|b| overlap > b.0) {
+                    best = Some((overlap, split));
+                }
+                if slack == 0 {
+                    break;
+                }
+            }
+            let (_, split) = best?;
+            let mut at = start;
+            for i in j..e {
+                let p = at + gaps[i] + if i == split { slack } else { 0 };
+                pos[i] = p;
+                at = p + held[i].pk.len() as u64;
+            }
+            if e < n {
+                pos[e] = end;
+                start = end + held[e].pk.len() as u64;
+            }
+            j = e + 1;
         }
         (!skip_last || matched > 0).then_some((pos, matched))
     }
@@ -1166,7 +1256,7 @@ impl ContentMerger {
         if self.legs[li].held.is_empty() {
             return;
         }
-        match self.chain_back(li, q, t, k, false) {
+        match self.chain_back(now_ns, li, q, t, k, false) {
             Some((pos, _)) => {
                 let held = std::mem::take(&mut self.legs[li].held);
                 let mut prev = self.legs[li].next;

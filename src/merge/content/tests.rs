@@ -858,3 +858,16 @@ fn around(out: &[Bytes], pkts: &[Bytes], i: usize) -> String {
     }
     s
 }
+
+/// Proptest case (`legs = 2`, 10 % loss, leg 0 16 ms late with one packet per datagram).
+#[test]
+fn regression_seed_17080043104328498493() {
+    prop_case(
+        2,
+        17080043104328498493,
+        3330,
+        0.10382375499873056,
+        &[16, 0, 0],
+        &[1, 4, 1],
+    );
+}
