@@ -252,19 +252,19 @@ pub fn fingerprint(p: &[u8]) -> u64 {
 
 /// A leg's packet spacing from its recent samples (time between datagrams / packets of the
 /// later): samples right after a loss are too large by the lost packets, samples of a bunch of
-/// datagrams delivered together too small. Exact timing (no jitter): the value most samples
-/// share (within 0.1 %); otherwise the mean of the samples within 10 % of the median.
+/// datagrams delivered together too small. Exact timing (no jitter): the smallest value a
+/// quarter of the samples share (within 0.1 %); otherwise the mean of the samples within 10 %
+/// of the median.
 fn densest(v: &[f64]) -> f64 {
-    let mut best = (0usize, 0.0f64);
-    for &c in v {
-        let n = v.iter().filter(|&&x| (x - c).abs() <= 0.001 * c).count();
-        // Ties: the smaller spacing (losses inflate, they do not deflate).
-        if n > best.0 || (n == best.0 && c < best.1) {
-            best = (n, c);
-        }
-    }
-    if best.0 >= 3 && best.0 * 4 >= v.len() {
-        return best.1;
+    // The smallest value enough samples share: losses make multiples of it.
+    let need = 3.max(v.len().div_ceil(4));
+    let exact = v
+        .iter()
+        .copied()
+        .filter(|&c| v.iter().filter(|&&x| (x - c).abs() <= 0.001 * c).count() >= need)
+        .min_by(f64::total_cmp);
+    if let Some(c) = exact {
+        return c;
     }
     let mut s = [0.0; SPACING_SAMPLES];
     let s = &mut s[..v.len()];
@@ -690,6 +690,24 @@ impl ContentMerger {
         }
     }
 
+    /// Non-null packets of `pk` equal to the timeline's at `q` whose fingerprint occurs
+    /// nowhere else in the timeline (not repeated content).
+    fn unique_at(&self, q: u64, pk: &[Pk]) -> usize {
+        pk.iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !p.null
+                    && self.fits(q + *i as u64, p) == Some(true)
+                    && self.index.get(&p.fp).is_some_and(|&h| {
+                        h == q + *i as u64
+                            && self
+                                .slot(self.slots[(h & self.mask) as usize].same_prev)
+                                .is_none_or(|s| s.kind != Kind::Data || s.fp != p.fp)
+                    })
+            })
+            .count()
+    }
+
     /// Packets of `pk` (nulls too) equal to the timeline's at `q`, or `None` if one
     /// conflicts.
     fn validate_overlap(&self, q: u64, pk: &[Pk]) -> Option<u32> {
@@ -873,11 +891,12 @@ impl ContentMerger {
     fn gap_round(&self, li: usize, g: f64) -> u64 {
         let l = &self.legs[li];
         if l.size_run >= FIXED_SIZE_RUN && l.size > 1 {
+            // The line errs late: a datagram counts as lost from 0.6 of its time on.
             let k = l.size as f64;
-            return ((g / k).round().max(0.0) * k) as u64;
+            return ((g / k + 0.4).floor().max(0.0) * k) as u64;
         }
         // The arrival line is a lower envelope: the estimate errs late, never early.
-        if g <= 0.75 + 2.0 * l.jitter {
+        if g <= 0.75 {
             0
         } else {
             (g - 0.25).round() as u64
@@ -899,16 +918,6 @@ impl ContentMerger {
     /// 0 while unknown: no content-placed samples yet and no leg with [`SPACING_WARM`] own
     /// samples.
     fn spacing(&self, li: usize) -> f64 {
-        let l = &self.legs[li];
-        if let (Some((t0, p0)), Some(t1)) = (l.origin, l.last_t)
-            && l.next >= p0 + LONG_BASELINE
-            && t1 as f64 > t0
-        {
-            return (t1 as f64 - t0) / (l.next - p0) as f64;
-        }
-        if self.pin_at >= 3 {
-            return self.pin_spacing;
-        }
         // Losses only inflate a leg's samples: the smallest warm median is the best.
         let _ = li;
         self.legs
@@ -1045,7 +1054,9 @@ impl ContentMerger {
                 if n > 1 {
                     self.stats.ambiguous += 1;
                 }
-                if q.abs_diff(q_est) <= tol {
+                // Near the time estimate; or further, but with three packets seen nowhere else in
+                // the timeline (a copy, not repeated content: another leg's positions moved).
+                if q.abs_diff(q_est) <= tol || self.unique_at(q, pk) >= 3 {
                     near = Some(q);
                 } else {
                     far = Some((q, unique));
@@ -1095,14 +1106,13 @@ impl ContentMerger {
         });
         l.fwd = q_est + k as u64;
         // Held datagrams agreeing on a far copy: content wins if the leg's time was late
-        // (two datagrams, bunched after a stall), or if three agree on a fingerprint seen once
-        // (another leg's time was off: its positions moved). Otherwise a far copy is repeated
-        // content (a still picture), and time wins.
+        // (two datagrams, bunched after a stall). Otherwise a far copy is repeated content (a
+        // still picture), and time wins (a copy with three unique packets was taken above).
         let early = self.legs[li].held.iter().any(|h| h.early);
-        if let Some((qf, unique)) = far
+        if let Some((qf, _)) = far
             && self.legs[li].held.len() >= 2
-            && let Some((pos, matched)) = self.chain_back(now_ns, li, qf, t, k, true)
-            && (early || (unique && matched >= 2))
+            && let Some((pos, _)) = self.chain_back(now_ns, li, qf, t, k, true)
+            && early
         {
             let mut held = std::mem::take(&mut self.legs[li].held);
             let last = held.pop();
@@ -1171,19 +1181,20 @@ impl ContentMerger {
                 // Near where time puts it, or a fingerprint seen once (not a repeat).
                 let est = lo + gaps[j];
                 let tol = self.tolerance(li);
-                *f = self
-                    .cands
+                let cands = std::mem::take(&mut self.cands);
+                *f = cands
                     .iter()
                     .filter(|c| c.1 > 0 && c.0 >= lo && c.0 + kj <= q)
-                    .filter(|c| c.0.abs_diff(est) <= tol || c.2)
+                    .filter(|c| c.0.abs_diff(est) <= tol || self.unique_at(c.0, &pk) > 0)
                     .min_by_key(|c| c.0.abs_diff(est))
                     .map(|c| c.0);
+                self.cands = cands;
             }
-            self.legs[li].held[j].pk = pk;
             if let Some(p) = *f {
                 lo = p + kj;
-                matched += 1;
+                matched += self.unique_at(p, &pk);
             }
+            self.legs[li].held[j].pk = pk;
         }
         // The rest between their neighbours, forwards.
         let held = &self.legs[li].held;
@@ -1419,7 +1430,8 @@ impl ContentMerger {
                 if tt <= pred {
                     Some((tt, end))
                 } else {
-                    Some((rt + (tt - pred) / 16.0, rp))
+                    // Follow drift slowly; a stall (a late datagram) must not lift the line.
+                    Some((rt + (tt - pred).min(s) / 16.0, rp))
                 }
             }
             _ => Some((tt, end)),
