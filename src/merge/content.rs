@@ -104,8 +104,6 @@ pub const HELD_MAX: usize = 16;
 const BUFFERED_DATAGRAMS: usize = 64;
 /// Packet-spacing samples (one per datagram) a leg's spacing is estimated from.
 const SPACING_SAMPLES: usize = 15;
-/// Packets between two points of a leg's arrival line before their slope is its spacing.
-const LONG_BASELINE: u64 = 128;
 /// Datagrams of one size in a row after which a leg's gaps are taken as multiples of it.
 const FIXED_SIZE_RUN: usize = 16;
 /// Own spacing samples before a leg's median is trusted.
@@ -1064,7 +1062,7 @@ impl ContentMerger {
             }
         }
         if let Some(q) = near {
-            self.resolve_held(now_ns, li, q, t, k);
+            let q = self.resolve_held(now_ns, li, q, t, k);
             // Measure the time estimate against content.
             let next = self.legs[li].next;
             let known = self.spacing(li) > 0.0;
@@ -1263,11 +1261,25 @@ impl ContentMerger {
 
     /// A datagram was placed by content at `q`: place what the leg held before it, backwards
     /// from it, or (if they do not fit) by time.
-    fn resolve_held(&mut self, now_ns: u64, li: usize, q: u64, t: u64, k: usize) {
+    fn resolve_held(&mut self, now_ns: u64, li: usize, q: u64, t: u64, k: usize) -> u64 {
         if self.legs[li].held.is_empty() {
-            return;
+            return q;
         }
-        match self.chain_back(now_ns, li, q, t, k, false) {
+        let mut q = q;
+        let mut chain = self.chain_back(now_ns, li, q, t, k, false);
+        if chain.is_none() {
+            // They came before it on a FIFO leg: if the positions before it are too few (a
+            // time estimate on another leg was short), make room right before it.
+            let sizes: u64 = self.legs[li].held.iter().map(|h| h.pk.len() as u64).sum();
+            let room = q.saturating_sub(self.legs[li].next);
+            if room < sizes && q >= self.out && q > self.legs[li].next.max(self.out) {
+                self.stats.conflicts += 1;
+                self.insert(q, sizes - room);
+                q += sizes - room;
+                chain = self.chain_back(now_ns, li, q, t, k, false);
+            }
+        }
+        match chain {
             Some((pos, _)) => {
                 let held = std::mem::take(&mut self.legs[li].held);
                 let mut prev = self.legs[li].next;
@@ -1283,6 +1295,7 @@ impl ContentMerger {
                 self.flush_held(now_ns, li);
             }
         }
+        q
     }
 
     /// Place the held datagrams by time. False if the leg was unanchored meanwhile.
