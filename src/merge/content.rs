@@ -305,6 +305,9 @@ struct Slot {
     /// Legs that delivered it (bit per leg).
     legs: u32,
     creator: u8,
+    /// Nulls placed by a time estimate after a gap (no content on either side proved it):
+    /// another leg whose own times prove the interval may find it misplaced.
+    soft: bool,
 }
 
 /// A datagram kept by an unanchored leg.
@@ -410,6 +413,8 @@ pub struct ContentMerger {
     pin_samples: [f64; PIN_SAMPLES],
     pin_at: usize,
     pin_spacing: f64,
+    /// Slots filled now are soft (see [`Slot::soft`]).
+    soft_put: bool,
     stats: ContentStats,
 }
 
@@ -452,6 +457,7 @@ impl ContentMerger {
                     created_ns: 0,
                     legs: 0,
                     creator: 0,
+                    soft: false,
                 })
                 .collect(),
             lo: BASE_POS,
@@ -497,6 +503,7 @@ impl ContentMerger {
             pin_samples: [0.0; PIN_SAMPLES],
             pin_at: 0,
             pin_spacing: 0.0,
+            soft_put: false,
             stats: ContentStats {
                 legs: vec![ContentLegStats::default(); legs],
                 ..Default::default()
@@ -808,6 +815,7 @@ impl ContentMerger {
         s.created_ns = t;
         s.legs = 1 << li;
         s.creator = li as u8;
+        s.soft = self.soft_put;
         if p >= self.hi {
             self.hi = p + 1;
         }
@@ -840,9 +848,9 @@ impl ContentMerger {
                 *h = p + m;
             }
             let pkt = self.slots[from].pkt.take();
-            let (created, legs, creator) = {
+            let (created, legs, creator, soft) = {
                 let s = &self.slots[from];
-                (s.created_ns, s.legs, s.creator)
+                (s.created_ns, s.legs, s.creator, s.soft)
             };
             self.slots[from].pos = NONE;
             self.slots[from].kind = Kind::Empty;
@@ -855,6 +863,7 @@ impl ContentMerger {
             d.created_ns = created;
             d.legs = legs;
             d.creator = creator;
+            d.soft = soft;
         }
         if self.hi > c {
             self.hi += m;
@@ -991,13 +1000,20 @@ impl ContentMerger {
 
     /// Time estimate of the position of a datagram of `k` packets arriving at `t` right
     /// after position `base` on leg `li`: (raw gap, rounded gap).
-    fn forward_gap(&self, li: usize, base: u64, t: u64, k: usize) -> (f64, u64) {
+    ///
+    /// Both the leg's arrival line and its previous datagram (arrived at `prev_t`, ending at
+    /// `base`) estimate it; a stall delays a datagram and bunches the next ones, making the
+    /// line estimate too late for all of them and the previous-datagram estimate for the
+    /// first only, so the smaller one is taken.
+    fn forward_gap(&self, li: usize, base: u64, prev_t: Option<u64>, t: u64, k: usize) -> (f64, u64) {
         let s = self.spacing(li);
+        let prev = prev_t.map(|lt| self.gap_est(li, lt, t, k));
         let g_raw = match self.legs[li].line {
-            Some((rt, rp)) if s > 0.0 => rp as f64 + (t as f64 - rt) / s - k as f64 - base as f64,
-            _ => self.legs[li]
-                .last_t
-                .map_or(0.0, |lt| self.gap_est(li, lt, t, k)),
+            Some((rt, rp)) if s > 0.0 => {
+                let line = rp as f64 + (t as f64 - rt) / s - k as f64 - base as f64;
+                prev.map_or(line, |p| p.min(line))
+            }
+            _ => prev.unwrap_or(0.0),
         };
         (g_raw, self.gap_round(li, g_raw))
     }
@@ -1021,7 +1037,11 @@ impl ContentMerger {
         } else {
             self.legs[li].fwd.max(next)
         };
-        let (g_raw, gap) = self.forward_gap(li, base, t, k);
+        let prev_t = match self.legs[li].held.last() {
+            Some(h) => Some(h.t),
+            None => self.legs[li].last_t,
+        };
+        let (g_raw, gap) = self.forward_gap(li, base, prev_t, t, k);
         if gap >= JUMP_PACKETS && self.other_live_anchored(li) {
             self.unanchor(li);
             return false;
@@ -1153,7 +1173,8 @@ impl ContentMerger {
         let mut gaps = vec![0u64; n + 1];
         if n > 0 {
             let h = &self.legs[li].held[0];
-            gaps[0] = self.forward_gap(li, next, h.t, h.pk.len()).1;
+            let last_t = self.legs[li].last_t;
+            gaps[0] = self.forward_gap(li, next, last_t, h.t, h.pk.len()).1;
         }
         for j in 1..=n {
             let held = &self.legs[li].held;
@@ -1282,13 +1303,49 @@ impl ContentMerger {
         match chain {
             Some((pos, _)) => {
                 let held = std::mem::take(&mut self.legs[li].held);
-                let mut prev = self.legs[li].next;
-                for (h, p) in held.iter().zip(pos) {
-                    if p > prev {
+                let start = self.legs[li].next;
+                let mut prev = start;
+                let mut lost = false;
+                for (h, p) in held.iter().zip(&pos) {
+                    if *p > prev {
                         self.stats.time_placed += 1;
+                        lost = true;
                     }
-                    self.put(now_ns, li, h.t, p, &h.pk);
                     prev = p + h.pk.len() as u64;
+                }
+                // This leg's times say it lost nothing from its cursor to `q`: soft nulls
+                // another leg alone put in that interval, where this leg has none, are its
+                // own null datagrams misplaced by that leg's time estimate (a stall): drop
+                // them (counted), this leg's copies go where its times say.
+                let tail = self
+                    .gap_round(li, t.saturating_sub(held.last().map_or(t, |h| h.t)) as f64
+                        / self.spacing(li).max(1.0)
+                        - k as f64);
+                if !lost && tail == 0 && held.iter().any(|h| h.pk.iter().all(|p| p.null)) {
+                    for p in start.max(self.out)..q {
+                        let covered = held
+                            .iter()
+                            .zip(&pos)
+                            .any(|(h, &hp)| p >= hp && p < hp + h.pk.len() as u64);
+                        let i = (p & self.mask) as usize;
+                        if !covered
+                            && let Some(s) = self.slot(p)
+                            && s.soft
+                            && s.creator as usize != li
+                            && s.legs == 1 << s.creator
+                        {
+                            let c = s.creator as usize;
+                            self.stats.legs[c].dropped += 1;
+                            self.stats.conflicts += 1;
+                            let s = &mut self.slots[i];
+                            s.kind = Kind::Empty;
+                            s.pkt = None;
+                            s.pos = NONE;
+                        }
+                    }
+                }
+                for (h, p) in held.iter().zip(pos) {
+                    self.put(now_ns, li, h.t, p, &h.pk);
                 }
             }
             None => {
@@ -1330,7 +1387,8 @@ impl ContentMerger {
     fn place_by_time(&mut self, now_ns: u64, li: usize, t: u64, pk: &[Pk]) -> bool {
         let k = pk.len();
         let next = self.legs[li].next;
-        let (_, gap) = self.forward_gap(li, next, t, k);
+        let last_t = self.legs[li].last_t;
+        let (_, gap) = self.forward_gap(li, next, last_t, t, k);
         let q_est = next + gap;
         if gap > 0 {
             self.stats.time_placed += 1;
@@ -1371,7 +1429,9 @@ impl ContentMerger {
                 }
             }
         };
+        self.soft_put = gap > 0 && pk.iter().all(|p| p.null);
         self.put(now_ns, li, t, q, pk);
+        self.soft_put = false;
         true
     }
 
@@ -1403,6 +1463,7 @@ impl ContentMerger {
                     let out = self.out;
                     let s = &mut self.slots[(pos & self.mask) as usize];
                     s.legs |= bit;
+                    s.soft = false;
                     let creator = s.creator as usize;
                     let created = s.created_ns;
                     self.stats.duplicates += 1;
