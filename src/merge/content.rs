@@ -99,7 +99,7 @@ pub const JUMP_PACKETS: u64 = 1024;
 /// Non-null packets matching the timeline at consistent positions that anchor a leg.
 pub const ANCHOR_RUN: u32 = 3;
 /// Datagrams a leg holds at most while their place is not proven (then placed by time).
-pub const HELD_MAX: usize = 16;
+pub const HELD_MAX: usize = 64;
 /// Datagrams an unanchored leg keeps for replay once it anchors.
 const BUFFERED_DATAGRAMS: usize = 64;
 /// Packet-spacing samples (one per datagram) a leg's spacing is estimated from.
@@ -1293,7 +1293,7 @@ impl ContentMerger {
             // time estimate on another leg was short), make room right before it.
             let sizes: u64 = self.legs[li].held.iter().map(|h| h.pk.len() as u64).sum();
             let room = q.saturating_sub(self.legs[li].next);
-            if room < sizes && q >= self.out && q > self.legs[li].next.max(self.out) {
+            if room < sizes && q >= self.legs[li].next.max(self.out) {
                 self.stats.conflicts += 1;
                 self.insert(q, sizes - room);
                 q += sizes - room;
