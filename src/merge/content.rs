@@ -1230,12 +1230,15 @@ impl ContentMerger {
             let sizes: u64 = held[j..e].iter().map(|h| h.pk.len() as u64).sum();
             let room = end.checked_sub(start)?.checked_sub(sizes)?;
             let g = &mut gaps[j..=e];
+            // Too much: a stall delayed a datagram (its gap is too large) and bunched the
+            // next ones (their gaps read zero), so where the real loss lies among them is
+            // unknown: the largest gaps give way entirely, and what room remains is placed
+            // like unexplained room below.
             let mut total: u64 = g.iter().sum();
             while total > room {
                 let (i, v) = g.iter().enumerate().max_by_key(|(_, v)| **v)?;
-                let cut = (total - room).min(*v);
-                g[i] -= cut;
-                total -= cut;
+                total -= *v;
+                g[i] = 0;
             }
             // Room the leg's times do not explain (another leg's positions moved): at the
             // one place where the datagrams then coincide with the most packets already

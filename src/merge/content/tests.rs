@@ -962,7 +962,9 @@ fn tmp_replay_dump() {
             let prev = (0..w).rev().find_map(|v| recs[ix[v]].3.map(|i| (v, i)));
             let next = (w + 1..ix.len()).find_map(|v| recs[ix[v]].3.map(|i| (v, i)));
             let guess = match (prev, next) {
-                (Some((pv, pi)), Some((nv, ni))) if ni - pi == nv - pv => Some(pi + (w - pv)),
+                (Some((pv, pi)), Some((nv, ni))) if ni.checked_sub(pi) == Some(nv - pv) => {
+                    Some(pi + (w - pv))
+                }
                 (Some((pv, pi)), _) => {
                     let dt = recs[ix[w]].0 - recs[ix[pv]].0;
                     Some(pi + (dt as f64 / (7.0 * 188_000.0)).round() as usize)
