@@ -16,36 +16,62 @@
 //!
 //! # Placing a datagram of `k` packets (anchored leg)
 //! 1. **Time estimate of the gap.** The transport stream is constant-bitrate (the mux pads
-//!    with nulls), so the time between two datagrams of one leg measures the packets sent in
-//!    between: `gap = (arrival − previous arrival) / spacing − k`, rounded, where `spacing`
-//!    is the median of the leg's recent inter-datagram samples (time / packets). A gap below
-//!    half a packet plus twice the leg's measured estimation error (`jitter`, in packets) is
-//!    taken as zero. The estimate is `q_est = next + gap`. Only the leg's own arrivals are
-//!    compared: path differentials never enter a position.
+//!    with nulls), so a leg's arrival times measure how many packets it lost. Each leg keeps
+//!    an *arrival line* (a lower envelope of its (arrival, position) points: jitter and
+//!    stalls only delay, so the line is reset by any datagram at or below it and only creeps
+//!    up slowly, by at most 1/16 spacing per datagram) and the packet spacing (from its
+//!    inter-datagram samples: the smallest value a quarter of them share exactly, else the
+//!    mean of those within 10 % of the median; the smallest estimate of the legs that have
+//!    8 samples). The estimated gap is the line's position at the arrival minus the cursor
+//!    `next` minus `k`; a datagram bunched behind the previous one (arrived in less than half
+//!    its own time) is right after it. It is rounded with a dead band of 0.75 packet, and a
+//!    leg whose last 16 datagrams had one size `K` loses whole datagrams: its gaps are
+//!    multiples of `K` (a loss counts from 0.6 datagram), so up to about half a datagram of
+//!    jitter is harmless. Only a leg's own arrivals are compared: path differentials never
+//!    enter a position. `q_est = next + gap`.
 //! 2. **Content decides when it can.** Every non-null packet has a 64-bit [`fingerprint`]; a
-//!    fingerprint → newest position index (chains sorted by position for repeated content)
+//!    fingerprint → highest position index (chains sorted by position for repeated content)
 //!    gives candidate positions `x − i` for packet `i` of the datagram, at or after `next`
 //!    (FIFO). A candidate is valid when every packet of the datagram is compatible with the
 //!    timeline there (slot empty, or the same packet; a null only on an empty or null slot).
-//!    Among valid candidates the one nearest `q_est` wins: repeated content (still pictures,
-//!    silence, repeated PSI) only ever adds candidates, which the datagram's other packets and
-//!    the time estimate rule out; when several remain, the choice is counted
+//!    The valid candidate nearest `q_est` is taken if it is within the leg's tolerance
+//!    (2 packets + 4 × its measured estimation error), or if three of its packets have a
+//!    fingerprint found nowhere else in the timeline (a copy, not repeated content: another
+//!    leg's positions moved); several valid candidates are counted
 //!    [`ContentStats::ambiguous`]. The slot at `q_est + i` is checked first (the usual case,
 //!    no hash lookup).
-//! 3. **Otherwise time decides.** A datagram with no content match (new packets another leg
-//!    lost, null-only datagrams) is placed at `q_est` (counted
-//!    [`ContentStats::time_placed`] when the estimated gap is not zero). If the slots there
-//!    hold different packets, the nearest compatible place within a few packets of the
-//!    estimate (jitter) is taken (counted `ambiguous`); failing that, the estimate was
-//!    wrong on one of the legs: slots are **inserted** at the first conflicting position (the
-//!    later positions move up), so the new datagram goes before the packets it collided with
-//!    (counted [`ContentStats::conflicts`]). Three conflicting datagrams in a row unanchor the
-//!    leg (it re-anchors by content or is found diverged).
+//! 3. **A leg at the front places by time at once.** If nothing is known at or after
+//!    `q_est` (the leading leg), the datagram goes at `q_est` (counted
+//!    [`ContentStats::time_placed`] when the gap is not zero): nothing can collide with it.
+//! 4. **Otherwise the leg holds it** (new packets another leg lost, null-only datagrams, a
+//!    copy further away than the tolerance) until a later datagram of the same leg is
+//!    placed by content. The held datagrams are then placed between the cursor and that
+//!    datagram: a held datagram whose packets are in that interval goes there (near its
+//!    time estimate, or with a fingerprint seen once); the others between their neighbours,
+//!    each gap as the leg's own times say. If the gaps add up to more than the room, a stall
+//!    delayed one datagram and bunched the next ones: the largest gaps give way entirely;
+//!    room left over (another leg's positions moved, or the loss hidden by the stall) goes at
+//!    the one place where the held datagrams then coincide with the most packets already
+//!    there (nulls on nulls), else before the bounding datagram. If the room is too small
+//!    (another leg's estimate was short), positions are **inserted** before the bounding
+//!    datagram: the held datagrams came first on a FIFO leg. Two held datagrams agreeing on a
+//!    far copy while the leg's datagrams arrived bunched (its times were late) also place
+//!    them there. A leg holds at most [`HELD_MAX`] datagrams for a quarter window (50 ms at
+//!    most), and never past what the release needs; then they are placed by time: at
+//!    `q_est`, or at the nearest compatible place within the tolerance (counted
+//!    `ambiguous`), or by inserting positions at the first conflict (counted
+//!    [`ContentStats::conflicts`]); three conflicts in a row (or content found only behind
+//!    the cursor) unanchor the leg.
 //!
-//! An orphan null datagram (only nulls, its neighbours lost on this leg) therefore lands
-//! where its arrival time says, and the other legs' packets then confirm or fill the slots
-//! around it.
+//! Nulls placed by time after a gap with no content on either side are *soft*: when another
+//! leg whose own times say it lost nothing in that interval places its null datagrams there,
+//! soft nulls of a single other leg left in the interval were that leg's copies misplaced by
+//! a stall, and are dropped (counted in that leg's `dropped`).
 //!
+//! An orphan null datagram (only nulls, its neighbours lost on this leg) therefore lands where
+//! this leg's times put it between the content around it, and duplicates nulls another leg
+//! delivered where they coincide.
+
 //! # Release
 //! Position `p` is output when every live, non-diverged leg is anchored with its cursor past
 //! `p` (a FIFO leg cannot deliver it any more), or when the window has passed since the first
@@ -55,7 +81,8 @@
 //! counted; late copies of output packets are duplicates.
 //!
 //! # Anchoring, divergence, jumps
-//! A leg with no other live anchored leg anchors at once at the end of the timeline. Otherwise
+//! A leg with no other live anchored leg anchors at the end of the timeline once its packet
+//! spacing is known (8 inter-datagram samples; its first datagrams wait for it). Otherwise
 //! it buffers up to 64 datagrams and anchors on a streak of [`ANCHOR_RUN`] non-null packets
 //! matching the timeline (slots created within the window) at consistent, increasing
 //! positions, one of them a fingerprint that occurs once in the timeline; its buffered
@@ -68,22 +95,38 @@
 //! leg; anchoring again after having been anchored is [`ContentEvent::Reanchored`], counted.
 //!
 //! # Use of time (documented approximation)
-//! Content is exact; time is evidence only where content is silent: the gap before a
-//! datagram with no content match, and the choice among several valid content candidates.
-//! With a constant-rate mux and arrival jitter below half a packet spacing the estimate is
-//! exact; a larger error (a sender or receiver stall that bunches datagrams) can misplace a
-//! datagram that has no content match relative to another leg's packets of the same gap. It
-//! cannot duplicate or drop a non-null packet another leg delivered (content decides those),
-//! and it is counted: `time_placed`, `ambiguous`, `conflicts`.
+//! Content is exact; time is evidence where content is silent: the gap before a datagram
+//! with no content match, the choice among several valid content candidates, and where the
+//! room left by a stall goes. With a constant-rate mux and arrival jitter below half a
+//! packet spacing (half a datagram for fixed-size datagrams) the estimate is exact. A larger
+//! error, a sender or receiver stall that delays a datagram and bunches the next ones, next
+//! to a loss, can misplace a datagram that has no content match (typically an orphan null
+//! datagram) relative to another leg's packets of the same gap: a null datagram counted
+//! twice or a datagram moved by one datagram. Every such decision is counted:
+//! `time_placed`, `ambiguous`, `conflicts`.
 //!
 //! # Cost and memory
 //! Per packet: one fingerprint, one slot compare at the estimated position (a hash lookup
-//! and a bounded chain walk only when that misses), one slot write, one release step.
-//! Insertion (rare, on a conflict) moves the unreleased slots after the conflict. Memory: a
-//! ring of `2 × capacity` slots (rounded up to a power of two; released slots stay as history
-//! for late copies), the fingerprint index, 64 buffered datagrams per unanchored leg, an
-//! output queue bounded by `4 × capacity`, an 8192-entry CC table; nothing is allocated per
-//! packet in steady state except the datagram scratch of unanchored legs.
+//! and a bounded chain walk only when that misses), one slot write, one release step. A
+//! held datagram costs a copy of its packet handles and, when placed, a candidate lookup;
+//! insertion (rare, on a conflict) moves the unreleased slots after the conflict. Memory: a
+//! ring of `2 × capacity` slots (rounded up to a power of two; released slots stay as
+//! history for late copies), the fingerprint index, 64 buffered datagrams per unanchored
+//! leg, [`HELD_MAX`] held datagrams per anchored leg, an output queue bounded by
+//! `4 × capacity`, an 8192-entry CC table; nothing is allocated per packet in steady state
+//! except held and buffered datagrams.
+//!
+//! # Status
+//! Passing: the unit tests (recovery, different boundaries, divergence and realignment,
+//! jump, lost leader, single leg, real streams, the saved regression cases, real loopback
+//! timing with 100 µs jitter and with 1–4 ms stalls in virtual time). Known failing: the
+//! proptest `output_is_original_minus_packets_lost_everywhere` (`#[ignore]`d) fails about 3
+//! generated cases in 1000 (four are `#[ignore]`d `regression_seed_*` tests: still-picture
+//! repeats next to long null stretches that the trailing legs hold, where a held chain or a
+//! re-anchor lands on a repeat); and the loopback test with two lossy skewed legs
+//! (`tests/e2e_content.rs`, `#[ignore]`d) passes only some runs on a loaded 2-core machine:
+//! a stall on the leading leg next to a loss (arrival jitter near a datagram period)
+//! misplaces an orphan null datagram by one datagram (a few packets off the original).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -246,7 +289,6 @@ pub fn fingerprint(p: &[u8]) -> u64 {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
 }
-
 
 /// A leg's packet spacing from its recent samples (time between datagrams / packets of the
 /// later): samples right after a loss are too large by the lost packets, samples of a bunch of
@@ -790,7 +832,9 @@ impl ContentMerger {
                     loop {
                         let nx = self.slots[(x & self.mask) as usize].same_prev;
                         let valid = nx != NONE
-                            && self.slot(nx).is_some_and(|s| s.kind == Kind::Data && s.fp == pk.fp);
+                            && self
+                                .slot(nx)
+                                .is_some_and(|s| s.kind == Kind::Data && s.fp == pk.fp);
                         if !valid || nx < p || steps > CHAIN_LOOK {
                             self.slots[(x & self.mask) as usize].same_prev = p;
                             same_prev = if valid && nx < p { nx } else { NONE };
@@ -1005,7 +1049,14 @@ impl ContentMerger {
     /// `base`) estimate it; a stall delays a datagram and bunches the next ones, making the
     /// line estimate too late for all of them and the previous-datagram estimate for the
     /// first only, so the smaller one is taken.
-    fn forward_gap(&self, li: usize, base: u64, prev_t: Option<u64>, t: u64, k: usize) -> (f64, u64) {
+    fn forward_gap(
+        &self,
+        li: usize,
+        base: u64,
+        prev_t: Option<u64>,
+        t: u64,
+        k: usize,
+    ) -> (f64, u64) {
         let s = self.spacing(li);
         let prev = prev_t.map(|lt| self.gap_est(li, lt, t, k));
         let g_raw = match self.legs[li].line {
@@ -1320,10 +1371,12 @@ impl ContentMerger {
                 // another leg alone put in that interval, where this leg has none, are its
                 // own null datagrams misplaced by that leg's time estimate (a stall): drop
                 // them (counted), this leg's copies go where its times say.
-                let tail = self
-                    .gap_round(li, t.saturating_sub(held.last().map_or(t, |h| h.t)) as f64
+                let tail = self.gap_round(
+                    li,
+                    t.saturating_sub(held.last().map_or(t, |h| h.t)) as f64
                         / self.spacing(li).max(1.0)
-                        - k as f64);
+                        - k as f64,
+                );
                 if !lost && tail == 0 && held.iter().any(|h| h.pk.iter().all(|p| p.null)) {
                     for p in start.max(self.out)..q {
                         let covered = held
@@ -1666,8 +1719,7 @@ impl ContentMerger {
     fn check_divergence(&mut self, now_ns: u64) {
         for i in 0..self.legs.len() {
             let l = &self.legs[i];
-            if l.anchored || l.diverged || self.stats.legs[i].lost || !self.other_live_anchored(i)
-            {
+            if l.anchored || l.diverged || self.stats.legs[i].lost || !self.other_live_anchored(i) {
                 continue;
             }
             if let Some(s) = l.unaligned_since
