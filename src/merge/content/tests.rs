@@ -854,11 +854,12 @@ fn real_timing_with_stalls() {
 /// Original indexes of the output packets around `i` (test diagnostics).
 fn around(out: &[Bytes], pkts: &[Bytes], i: usize) -> String {
     let mut s = String::new();
-    for k in i.saturating_sub(8)..(i + 6).min(out.len()) {
+    let lo = i.saturating_sub(8);
+    for (k, o) in out.iter().enumerate().take(i + 6).skip(lo) {
         let idx: Vec<usize> = pkts
             .iter()
             .enumerate()
-            .filter(|(_, p)| **p == out[k])
+            .filter(|(_, p)| *p == o)
             .map(|(j, _)| j)
             .take(3)
             .collect();
