@@ -457,6 +457,8 @@ pub struct ContentMerger {
     pin_spacing: f64,
     /// Slots filled now are soft (see [`Slot::soft`]).
     soft_put: bool,
+    /// While placing held datagrams of this leg: other legs' soft nulls give way to data.
+    soft_ok: Option<usize>,
     stats: ContentStats,
 }
 
@@ -546,6 +548,7 @@ impl ContentMerger {
             pin_at: 0,
             pin_spacing: 0.0,
             soft_put: false,
+            soft_ok: None,
             stats: ContentStats {
                 legs: vec![ContentLegStats::default(); legs],
                 ..Default::default()
@@ -732,6 +735,14 @@ impl ContentMerger {
             Some(s) => match (s.kind, pk.null) {
                 (Kind::Null, true) => Some(true),
                 (Kind::Data, false) if s.fp == pk.fp => Some(true),
+                // A soft null of another single leg gives way (see `resolve_held`).
+                (Kind::Null, false)
+                    if self.soft_ok.is_some_and(|li| {
+                        s.soft && s.creator as usize != li && s.legs == 1 << s.creator
+                    }) =>
+                {
+                    Some(false)
+                }
                 _ => None,
             },
         }
@@ -1343,6 +1354,15 @@ impl ContentMerger {
         let mut q = q;
         let mut chain = self.chain_back(now_ns, li, q, t, k, false);
         if chain.is_none() {
+            // Nulls another leg placed by time after a gap (soft) may be its copies of this
+            // leg's null datagrams misplaced by a stall: let them give way to this leg's data.
+            self.soft_ok = Some(li);
+            chain = self.chain_back(now_ns, li, q, t, k, false);
+            if chain.is_none() {
+                self.soft_ok = None;
+            }
+        }
+        if chain.is_none() {
             // They came before it on a FIFO leg: if the positions before it are too few (a
             // time estimate on another leg was short), make room right before it.
             let sizes: u64 = self.legs[li].held.iter().map(|h| h.pk.len() as u64).sum();
@@ -1402,6 +1422,9 @@ impl ContentMerger {
                 }
                 for (h, p) in held.iter().zip(pos) {
                     self.put(now_ns, li, h.t, p, &h.pk);
+                }
+                if self.soft_ok.take().is_some() {
+                    self.stats.conflicts += 1;
                 }
             }
             None => {
@@ -1537,6 +1560,11 @@ impl ContentMerger {
                     }
                 }
                 Some(false) if pos >= self.out => {
+                    if let Some(s) = self.slot(pos) {
+                        // A soft null giving way (`soft_ok`): that leg's copy was misplaced.
+                        let c = s.creator as usize;
+                        self.stats.legs[c].dropped += 1;
+                    }
                     self.make_room(pos);
                     self.fill(pos, p, li, t);
                 }
