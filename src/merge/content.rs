@@ -1306,13 +1306,35 @@ impl ContentMerger {
             // one place where the datagrams then coincide with the most packets already
             // there; ties: just before the neighbour.
             let slack = room - total;
-            let mut best: Option<(u32, usize)> = None;
-            for split in (j..=e).rev() {
+            // One split point (all the room there), or, for a few datagrams, two (the room
+            // shared: two stalls on another leg); step: the leg's datagram size if fixed.
+            let step = if self.legs[li].size_run >= FIXED_SIZE_RUN && self.legs[li].size > 0 {
+                self.legs[li].size as u64
+            } else {
+                1
+            };
+            let mut layouts: Vec<(usize, usize, u64)> =
+                (j..=e).rev().map(|s| (s, s, slack)).collect();
+            if slack > 0 && e - j <= 8 && slack / step <= 16 {
+                for s1 in j..=e {
+                    for s2 in s1 + 1..=e {
+                        let mut a = step;
+                        while a < slack {
+                            layouts.push((s1, s2, a));
+                            a += step;
+                        }
+                    }
+                }
+            }
+            let mut best: Option<(u32, (usize, usize, u64))> = None;
+            for &(s1, s2, a) in &layouts {
                 let mut at = start;
                 let mut overlap = 0u32;
                 let mut ok = true;
                 for i in j..e {
-                    let p = at + gaps[i] + if i == split { slack } else { 0 };
+                    let extra = if i == s1 { a } else { 0 }
+                        + if i == s2 && s2 != s1 { slack - a } else { 0 };
+                    let p = at + gaps[i] + extra;
                     match self.validate_overlap(p, &held[i].pk) {
                         Some(o) => overlap += o,
                         None => {
@@ -1323,16 +1345,18 @@ impl ContentMerger {
                     at = p + held[i].pk.len() as u64;
                 }
                 if ok && best.is_none_or(|b| overlap > b.0) {
-                    best = Some((overlap, split));
+                    best = Some((overlap, (s1, s2, a)));
                 }
                 if slack == 0 {
                     break;
                 }
             }
-            let (_, split) = best?;
+            let (_, (s1, s2, a)) = best?;
             let mut at = start;
             for i in j..e {
-                let p = at + gaps[i] + if i == split { slack } else { 0 };
+                let extra =
+                    if i == s1 { a } else { 0 } + if i == s2 && s2 != s1 { slack - a } else { 0 };
+                let p = at + gaps[i] + extra;
                 pos[i] = p;
                 at = p + held[i].pk.len() as u64;
             }
@@ -1352,16 +1376,10 @@ impl ContentMerger {
             return q;
         }
         let mut q = q;
+        // Nulls another leg placed by time after a gap (soft) may be its copies of this leg's
+        // null datagrams misplaced by a stall: they give way to this leg's data.
+        self.soft_ok = Some(li);
         let mut chain = self.chain_back(now_ns, li, q, t, k, false);
-        if chain.is_none() {
-            // Nulls another leg placed by time after a gap (soft) may be its copies of this
-            // leg's null datagrams misplaced by a stall: let them give way to this leg's data.
-            self.soft_ok = Some(li);
-            chain = self.chain_back(now_ns, li, q, t, k, false);
-            if chain.is_none() {
-                self.soft_ok = None;
-            }
-        }
         if chain.is_none() {
             // They came before it on a FIFO leg: if the positions before it are too few (a
             // time estimate on another leg was short), make room right before it.
@@ -1423,11 +1441,10 @@ impl ContentMerger {
                 for (h, p) in held.iter().zip(pos) {
                     self.put(now_ns, li, h.t, p, &h.pk);
                 }
-                if self.soft_ok.take().is_some() {
-                    self.stats.conflicts += 1;
-                }
+                self.soft_ok = None;
             }
             None => {
+                self.soft_ok = None;
                 self.flush_held(now_ns, li);
             }
         }
