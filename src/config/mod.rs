@@ -103,7 +103,7 @@ impl Mode {
 
     /// Whether this build can run a channel in this mode.
     pub fn is_supported(self) -> bool {
-        matches!(self, Mode::Smpte2022_7 | Mode::Switch)
+        matches!(self, Mode::Smpte2022_7 | Mode::Switch | Mode::ContentMerge)
     }
 }
 
@@ -592,10 +592,10 @@ mode = "smpte-2022-7"
     }
 
     #[test]
-    fn unsupported_modes_are_rejected() {
+    fn content_merge_mode_is_accepted() {
         let text = replace("\"smpte-2022-7\"", "\"content-merge\"");
-        let says = "mode \"content-merge\" is not supported yet in this build (planned); use \"smpte-2022-7\" or \"switch\"";
-        expect_at(&text, "\"content-merge\"", 0, "channel.mode", says);
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.channels[0].mode, Mode::ContentMerge);
     }
 
     #[test]
@@ -1133,7 +1133,7 @@ mode = "smpte-2022-7"
 
     #[test]
     fn every_finding_is_reported_one_per_line() {
-        let text = replace("\"smpte-2022-7\"", "\"content-merge\"")
+        let text = replace("\"smpte-2022-7\"", "\"content_merge\"")
             .replace("name = \"b\"", "name = \"a\"")
             .replace("rtp://127.0.0.1:6000", "rtp://127.0.0.1:5000");
         let e = parse(&text).unwrap_err();
@@ -1142,7 +1142,7 @@ mode = "smpte-2022-7"
         let lines: Vec<&str> = shown.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
-            lines[0].starts_with("site.toml:7:8: channel \"news\": mode \"content-merge\""),
+            lines[0].starts_with("site.toml:7:8: channel \"news\": mode \"content_merge\""),
             "{e}"
         );
         assert!(
@@ -1165,7 +1165,7 @@ mode = "smpte-2022-7"
             "{e}"
         );
         let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, replace("\"smpte-2022-7\"", "\"content-merge\"")).unwrap();
+        std::fs::write(&bad, replace("\"smpte-2022-7\"", "\"content_merge\"")).unwrap();
         let e = Config::load(&bad).unwrap_err();
         assert!(
             e.to_string()

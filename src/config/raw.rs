@@ -46,8 +46,7 @@ pub(super) struct RawNode {
 pub(super) struct RawChannel {
     /// Channel name (a metric label: `[A-Za-z0-9_.-]`, unique). Required.
     pub name: Option<Spanned<String>>,
-    /// `"smpte-2022-7"` | `"content-merge"` | `"switch"`. Required. Only `"smpte-2022-7"`
-    /// is supported by this build.
+    /// `"smpte-2022-7"` | `"content-merge"` | `"switch"`. Required.
     pub mode: Option<Spanned<String>>,
     /// Merge window in milliseconds (1..=15000): how long a gap waits for the other legs,
     /// so it must exceed the path differential between them. Default 1000.
