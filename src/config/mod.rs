@@ -668,7 +668,7 @@ mode = "smpte-2022-7"
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("not supported yet in this build (planned: content-merge mode)"),
+            e.contains("not supported yet in this build (planned: fed by the content merger's unrecovered count)"),
             "{e}"
         );
         let e = parse(&with("  condition = \"black\""))

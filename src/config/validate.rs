@@ -592,7 +592,7 @@ impl Validator<'_> {
             self.report(
                 cond.span(),
                 "channel.rule.condition",
-                format!("{wrule}: not supported yet in this build (planned: content-merge mode) — use \"p1-transport-errors\" or \"low-bitrate\""),
+                format!("{wrule}: not supported yet in this build (planned: fed by the content merger's unrecovered count) — use \"p1-transport-errors\" or \"low-bitrate\""),
             );
             return None;
         }

@@ -7,7 +7,7 @@
 //! pass the content analyser's tap ([`ChannelContent`]); its findings arrive from the worker
 //! thread and are applied whenever the channel wakes up.
 //!
-//! A content-merge channel (not yet enabled by the config) runs here too: while its
+//! A content-merge channel runs here too: while its
 //! [`ContentMerger`] has the legs aligned, the merged stream is the output; when they
 //! diverge, the channel falls back to switching between them.
 
