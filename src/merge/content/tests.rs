@@ -440,13 +440,16 @@ mod props {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        // 64 cases by default; PROPTEST_CASES=N for a longer run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
 
         /// Random loss, skew and re-packetisation on 2–3 legs, over content with null
         /// stretches and repeated tables: the output is the original with exactly the packets
         /// lost on every leg removed, in order, without duplicates.
         #[test]
-        #[ignore = "known failing: about 3 generated cases in 1000 fail (still-picture repeats next to long null stretches held by trailing legs); see the module docs, Status, and the ignored regression_seed_* tests"]
         fn output_is_original_minus_packets_lost_everywhere(
             legs in 2usize..=3,
             seed in any::<u64>(),
@@ -942,7 +945,6 @@ fn regression_seed_4825967741353670163() {
 
 /// Proptest case (`legs = 2`, 11 % loss, 20 and 23 ms late).
 #[test]
-#[ignore = "known failing: still-picture repeats next to long null stretches held by the trailing legs (see the module docs, Status)"]
 fn regression_seed_6328158707270190360() {
     prop_case(
         2,
@@ -956,7 +958,6 @@ fn regression_seed_6328158707270190360() {
 
 /// Proptest case (`legs = 3`, 10 % loss, legs 0 and 1 32 ms late).
 #[test]
-#[ignore = "known failing: still-picture repeats next to long null stretches held by the trailing legs (see the module docs, Status)"]
 fn regression_seed_6329565859690332347() {
     prop_case(
         3,
@@ -970,7 +971,6 @@ fn regression_seed_6329565859690332347() {
 
 /// Proptest case (`legs = 2`, 12 % loss, leg 1 6 ms late).
 #[test]
-#[ignore = "known failing: still-picture repeats next to long null stretches held by the trailing legs (see the module docs, Status)"]
 fn regression_seed_7916710175284063272() {
     prop_case(
         2,
@@ -984,7 +984,6 @@ fn regression_seed_7916710175284063272() {
 
 /// Proptest case (`legs = 3`, 9 % loss, 7, 15 and 11 ms late).
 #[test]
-#[ignore = "known failing: still-picture repeats next to long null stretches held by the trailing legs (see the module docs, Status)"]
 fn regression_seed_10973265078208306654() {
     prop_case(
         3,
