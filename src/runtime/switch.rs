@@ -14,8 +14,12 @@
 //! # `unrecovered-packets` (content-merge only)
 //! Every source's meter reads the same count: the packets missing from the merged output
 //! (the merger's continuity-counter gaps, [`ContentStats::unrecovered`]) counted only while
-//! the merged stream is the output. A gap counts when the merger releases the packet after
-//! it, so up to `merge_window_ms` after the loss, in the window open then. While the channel
+//! the merged stream is the output. A gap counts when the merger releases the next packet of
+//! its PID (once the trailing leg delivered it, or `merge_window_ms` at most: about the path
+//! differential after the loss), in the window open then. Lost null packets are not knowable; a gap of 16 or more packets
+//! on one PID counts modulo 16 (CC arithmetic). The API's `merge.unrecovered` and
+//! `hitless_merge_unrecovered_packets_total` are the merger's own count, fallback included.
+//! While the channel
 //! falls back to switching the count does not grow (the output is one leg as received; its
 //! continuity errors are what `p1-transport-errors` measures on that source), so the rule
 //! heals as its windows age out. The rule is an alarm, not a failover: every leg sees the
