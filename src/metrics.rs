@@ -137,7 +137,7 @@ fn describe() {
     );
     describe_gauge!(
         RULE_FAILING,
-        "Switch mode: 1 while a failover rule of the source fails, by condition."
+        "Switch and content-merge: 1 while a failover rule of the source fails, by condition."
     );
     describe_gauge!(
         CONTENT_STATE,

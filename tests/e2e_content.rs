@@ -171,3 +171,71 @@ fn legs_that_are_different_streams_fall_back_to_switching() {
     let _ = (a.wait(), b.wait());
     gw.stop();
 }
+
+#[test]
+fn packets_lost_on_every_leg_trip_the_unrecovered_rule() {
+    let _serial = serial();
+    let ip = "127.0.9.1";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), ip);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        r#"
+  [[channel.rule]]
+  condition = "unrecovered-packets"
+  sample_duration_s = 0.5
+  samples = 4
+  threshold = 1
+"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let http: SocketAddr = format!("{ip}:9000").parse().unwrap();
+    let gw = Gateway::start(&["run", "--config", cfg.to_str().unwrap()], http);
+    // The same 20 ms of stream (1 s in) lost on both legs: gaps the merge cannot fill.
+    let report_path = dir.path().join("r.json");
+    let mut sender = spawn_send(&[
+        testdata("h264_aac.ts").to_str().unwrap(),
+        "--to",
+        &format!("udp://{ip}:5000?outage=1000+20"),
+        "--to",
+        &format!("udp://{ip}:5002?outage=1000+20&delay=10"),
+        "--speed",
+        "2",
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    let line = gw.wait_log("the unrecovered-packets rule failing", |l| {
+        l.contains("unrecovered-packets rule failing")
+    });
+    assert!(line.contains("cm"), "{line}");
+    // It stays failing for 3 more 0.5 s windows at least: the snapshot sees it.
+    let ch = &gw.channels()[0];
+    assert_eq!(ch["aligned"], true, "{ch}");
+    assert!(ch["merge"]["unrecovered"].as_u64().unwrap() > 0, "{ch}");
+    for s in 0..2 {
+        let src = &ch["sources"][s];
+        assert_eq!(src["rules"][0]["condition"], "unrecovered-packets", "{ch}");
+        assert_eq!(src["rules"][0]["failing"], true, "every leg sees it: {ch}");
+        assert_eq!(src["state"], "receiving", "an alarm, not a switch: {ch}");
+    }
+    assert_eq!(ch["failovers"]["unrecovered-packets"], 0, "{ch}");
+    let (_, metrics) = gw.get("/metrics");
+    assert!(
+        metrics.contains(
+            "hitless_rule_failing{channel=\"cm\",source=\"a\",condition=\"unrecovered-packets\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(sender.wait().unwrap().success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert!(
+        !report["lost_on_all_legs"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    // The stream has ended: the windows in error age out.
+    gw.wait_log("the rule healthy again", |l| {
+        l.contains("unrecovered-packets rule healthy again")
+    });
+    gw.stop();
+}

@@ -664,11 +664,38 @@ mode = "smpte-2022-7"
         .unwrap_err()
         .to_string();
         assert!(e.contains("threshold = 4 is out of range 1..=3"), "{e}");
-        let e = parse(&with("  condition = \"unrecovered-packets\""))
-            .unwrap_err()
-            .to_string();
+        // unrecovered-packets: content-merge only, the error names the position and the fix.
+        let text = with("  condition = \"unrecovered-packets\"");
+        expect_at(
+            &text,
+            "\"unrecovered-packets\"",
+            0,
+            "channel.rule.condition",
+            "only meaningful in mode = \"content-merge\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("use \"p1-transport-errors\""), "{e}");
+        let cm = replace("\"smpte-2022-7\"", "\"content-merge\"")
+            + "\n  [[channel.rule]]\n  condition = \"unrecovered-packets\"\n  sample_duration_s = 1\n  samples = 3\n  threshold = 1\n";
+        let cfg = parse(&cm).unwrap();
+        let r = &cfg.channels[0].rules[0];
+        assert_eq!(
+            (r.condition, r.sample_duration, r.samples, r.threshold),
+            (
+                crate::rules::Condition::UnrecoveredPackets,
+                Duration::from_secs(1),
+                3,
+                1
+            )
+        );
+        let e = parse(&format!(
+            "{BASE}\n  [[channel.rule]]\n  condition = \"unrecovered-packets\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(
-            e.contains("not supported yet in this build (planned: fed by the content merger's unrecovered count)"),
+            e.contains("a smpte-2022-7 channel runs no rules")
+                && e.contains("hitless_merge_unrecovered_packets_total"),
             "{e}"
         );
         let e = parse(&with("  condition = \"black\""))

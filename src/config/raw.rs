@@ -85,7 +85,7 @@ pub(super) struct RawChannel {
     pub rap_max_wait_ms: Option<Spanned<u64>>,
     /// TR 101 290 1.6 PID_error period in milliseconds (>= 100). Default 5000.
     pub pid_error_period_ms: Option<Spanned<u64>>,
-    /// `[[channel.rule]]`: sampled failover rules (switch mode).
+    /// `[[channel.rule]]`: sampled failover rules (switch and content-merge modes).
     #[serde(default)]
     pub rule: Vec<Spanned<RawRule>>,
     /// `[channel.content]`: content analysis settings for the `frozen-video`,
@@ -131,7 +131,9 @@ pub(super) struct RawOutput {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     /// `"p1-transport-errors"` | `"low-bitrate"` | `"frozen-video"` | `"blank-picture"` |
-    /// `"silent-audio"` (later: `"unrecovered-packets"`). Required.
+    /// `"silent-audio"` | `"unrecovered-packets"` (content-merge only: a window is in error
+    /// when the merged output lost at least one packet on every leg in it; an alarm on every
+    /// source, not a reason to switch). Required.
     pub condition: Option<Spanned<String>>,
     /// Seconds (> 0, fractions allowed) per sample window. Default 10.
     pub sample_duration_s: Option<Spanned<f64>>,

@@ -553,11 +553,20 @@ impl Validator<'_> {
         let span = r.span();
         let r = r.into_inner();
         if mode == Mode::Smpte2022_7 {
-            self.report(
-                span.clone(),
-                "channel.rule",
-                format!("{who}: failover rules apply to mode = \"switch\" and to content-merge's fallback (a {mode} channel merges its legs and has no source to fail over to) — remove the [[channel.rule]]"),
-            );
+            let unrecovered = r
+                .condition
+                .as_ref()
+                .is_some_and(|c| c.get_ref() == Condition::UnrecoveredPackets.label());
+            let msg = if unrecovered {
+                format!(
+                    "{who}: rule \"unrecovered-packets\": a {mode} channel runs no rules (it merges its legs and has no source to fail over to); its unrecovered count is the metric hitless_merge_unrecovered_packets_total and merge.unrecovered in the API — alert on that, and remove the [[channel.rule]]"
+                )
+            } else {
+                format!(
+                    "{who}: failover rules apply to mode = \"switch\" and to content-merge's fallback (a {mode} channel merges its legs and has no source to fail over to) — remove the [[channel.rule]]"
+                )
+            };
+            self.report(span.clone(), "channel.rule", msg);
             return None;
         }
         let Some(cond) = &r.condition else {
@@ -588,11 +597,19 @@ impl Validator<'_> {
             return None;
         };
         let wrule = format!("{who} rule \"{condition}\"");
-        if condition == Condition::UnrecoveredPackets || !condition.is_supported() {
+        if condition == Condition::UnrecoveredPackets && mode != Mode::ContentMerge {
             self.report(
                 cond.span(),
                 "channel.rule.condition",
-                format!("{wrule}: not supported yet in this build (planned: fed by the content merger's unrecovered count) — use \"p1-transport-errors\" or \"low-bitrate\""),
+                format!("{wrule}: only meaningful in mode = \"content-merge\", where the legs are merged and a packet can be lost on every leg; a {mode} channel plays one source as received — use \"p1-transport-errors\" (its continuity-counter errors) instead"),
+            );
+            return None;
+        }
+        if !condition.is_supported() {
+            self.report(
+                cond.span(),
+                "channel.rule.condition",
+                format!("{wrule}: not supported in this build — use \"p1-transport-errors\" or \"low-bitrate\""),
             );
             return None;
         }

@@ -1537,6 +1537,18 @@ impl ContentMerger {
 
     /// Place the held datagrams by time. False if the leg was unanchored meanwhile.
     fn flush_held(&mut self, now_ns: u64, li: usize) -> bool {
+        // A held datagram whose content is only behind the cursor means the leg went back
+        // (restart, replay): on a FIFO leg the datagrams held before it are part of the
+        // replay too. Placed by time one by one, null-only ones among them would be inserted
+        // as new positions before `place_by_time` sees the content that reveals the restart
+        // (extra nulls in the output). Unanchor first: `unanchor` re-buffers them all.
+        let next = self.legs[li].next;
+        if self.other_live_anchored(li)
+            && self.legs[li].held.iter().any(|h| self.behind(&h.pk, next))
+        {
+            self.unanchor(li);
+            return false;
+        }
         let held = std::mem::take(&mut self.legs[li].held);
         let mut rest = held.into_iter();
         for h in rest.by_ref() {

@@ -14,7 +14,11 @@
 //!     on `pid` when the rule has one);
 //!   - `low-bitrate`: its average bitrate, bytes × 8 / duration, is below `min_kbps`
 //!     (1 kbit/s = 1000 bit/s; exactly `min_kbps` is not low). Zero bytes is low bitrate;
-//!   - `unrecovered-packets`: at least one packet was lost on every leg in it;
+//!   - `unrecovered-packets`: at least one packet was lost on every leg in it (content-merge
+//!     channels only: the count is the content merger's continuity-counter gaps in the merged
+//!     output, the same for every source of the channel, and grows only while the merged
+//!     stream is the output; see `runtime::switch`). So `threshold` counts windows in which
+//!     the merged output lost packets, like every counter condition, not packets;
 //!   - `frozen-video`, `blank-picture`, `silent-audio` (and any condition, generically): the
 //!     content analyser reported it present in that window through
 //!     [`SourceRules::observe_condition`].
@@ -392,6 +396,22 @@ impl SourceRules {
             .iter()
             .find(|r| r.failing && !r.unknown)
             .map(|r| r.spec.condition)
+    }
+
+    /// The condition of the first failing rule other than those on `skip`, in configuration
+    /// order.
+    pub fn failing_except(&self, skip: Condition) -> Option<Condition> {
+        self.rules
+            .iter()
+            .find(|r| r.failing && !r.unknown && r.spec.condition != skip)
+            .map(|r| r.spec.condition)
+    }
+
+    /// Whether a rule on `condition` is failing.
+    pub fn is_failing(&self, condition: Condition) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.failing && !r.unknown && r.spec.condition == condition)
     }
 
     /// Every rule's state, in configuration order.

@@ -10,6 +10,25 @@
 //! A content-merge channel runs here too: while its
 //! [`ContentMerger`] has the legs aligned, the merged stream is the output; when they
 //! diverge, the channel falls back to switching between them.
+//!
+//! # `unrecovered-packets` (content-merge only)
+//! Every source's meter reads the same count: the packets missing from the merged output
+//! (the merger's continuity-counter gaps, [`ContentStats::unrecovered`]) counted only while
+//! the merged stream is the output. A gap counts when the merger releases the next packet of
+//! its PID (once the trailing leg delivered it, or `merge_window_ms` at most: about the path
+//! differential after the loss), in the window open then. Lost null packets are not knowable; a gap of 16 or more packets
+//! on one PID counts modulo 16 (CC arithmetic). The API's `merge.unrecovered` and
+//! `hitless_merge_unrecovered_packets_total` are the merger's own count, fallback included.
+//! While the channel
+//! falls back to switching the count does not grow (the output is one leg as received; its
+//! continuity errors are what `p1-transport-errors` measures on that source), so the rule
+//! heals as its windows age out. The rule is an alarm, not a failover: every leg sees the
+//! same count, so it cannot choose between them, and it is not handed to the [`Switch`]: a
+//! fallback during the windows that remember the loss would otherwise find no eligible
+//! source and play nothing. Its state is in the API and `hitless_rule_failing`, and a log
+//! line says when it starts and stops failing.
+//!
+//! [`ContentStats::unrecovered`]: crate::merge::content::ContentStats::unrecovered
 
 use std::collections::BTreeMap;
 use std::io;
@@ -28,7 +47,7 @@ use crate::merge::content::{ContentConfig, ContentEvent, ContentMerger};
 use crate::merge::switch::{Event, Reason, Switch, SwitchConfig};
 use crate::output::Output;
 use crate::rules::tr101290::{Indicator, P1Config, Tr101290};
-use crate::rules::{SourceMeter, SourceRules};
+use crate::rules::{Condition, SourceMeter, SourceRules};
 use crate::slate::SlatePlayer;
 use crate::ts::splice::Splicer;
 use crate::ts::{self, PACKET_LEN, Pid};
@@ -66,8 +85,9 @@ struct Source {
     rules: SourceRules,
 }
 
-/// The rule engine reads cumulative counters at window ends.
-struct Meter<'a>(&'a Input, &'a Tr101290);
+/// The rule engine reads cumulative counters at window ends: the source's input, its
+/// TR 101 290 analyser, and the packets the merged output lost (content-merge; 0 otherwise).
+struct Meter<'a>(&'a Input, &'a Tr101290, u64);
 
 impl SourceMeter for Meter<'_> {
     fn bytes(&self) -> u64 {
@@ -83,8 +103,14 @@ impl SourceMeter for Meter<'_> {
         }
     }
     fn unrecovered(&self) -> u64 {
-        0
+        self.2
     }
+}
+
+/// What the switch is told about a source's rules: the first failing rule, except
+/// `unrecovered-packets`, which only raises an alarm (see the module docs).
+fn switch_verdict(rules: &SourceRules) -> Option<Condition> {
+    rules.failing_except(Condition::UnrecoveredPackets)
 }
 
 pub(super) struct SwitchChannel {
@@ -104,6 +130,8 @@ pub(super) struct SwitchChannel {
     last_gap_ms: Option<f64>,
     /// Content analysis, when a rule needs it.
     content: Option<ChannelContent>,
+    /// An `unrecovered-packets` rule of some source is failing (logged on change).
+    unrecovered_failing: bool,
 }
 
 impl SwitchChannel {
@@ -181,6 +209,7 @@ impl SwitchChannel {
                         leg_timeout: cfg.leg_timeout,
                     })
                 }),
+                merged_loss: MergedLoss::default(),
             },
             diverged: 0,
             slate_buf: Vec::with_capacity(256),
@@ -188,6 +217,7 @@ impl SwitchChannel {
             switch_pending: None,
             last_gap_ms: None,
             content,
+            unrecovered_failing: false,
         })
     }
 
@@ -323,19 +353,21 @@ impl SwitchChannel {
             }
             let Source { input, p1, rules } = &mut self.sources[i];
             p1.handle_timeout(now);
-            let before = rules.failing();
+            let before = switch_verdict(rules);
             if let Some(c) = &mut self.content
                 && rules.poll_timeout().is_some_and(|t| t <= now)
             {
                 // Stale measurements make content rules unknown before their windows close.
                 c.sync(now, i, rules);
             }
-            rules.handle_timeout(now, &Meter(input, p1));
-            let after = rules.failing();
+            let unrecovered = self.router.merged_loss.unrecovered;
+            rules.handle_timeout(now, &Meter(input, p1, unrecovered));
+            let after = switch_verdict(rules);
             if before != after {
                 self.router.switch.set_rule_state(now, LegId(i), after);
             }
         }
+        self.log_unrecovered_rule();
         self.router.switch.handle_timeout(now);
         if let Some(m) = &mut self.router.merge {
             m.handle_timeout(now);
@@ -390,9 +422,9 @@ impl SwitchChannel {
             return;
         }
         for (i, s) in self.sources.iter_mut().enumerate() {
-            let before = s.rules.failing();
+            let before = switch_verdict(&s.rules);
             c.apply(now, i, &mut s.rules);
-            let after = s.rules.failing();
+            let after = switch_verdict(&s.rules);
             if before != after {
                 self.router.switch.set_rule_state(now, LegId(i), after);
             }
@@ -437,6 +469,28 @@ impl SwitchChannel {
         }
         self.router.out.clear();
         self.last_output = Some(now);
+    }
+
+    /// One line per channel when its `unrecovered-packets` rules start or stop failing (every
+    /// source reads the same count, so they change together).
+    fn log_unrecovered_rule(&mut self) {
+        let failing = self
+            .sources
+            .iter()
+            .any(|s| s.rules.is_failing(Condition::UnrecoveredPackets));
+        if failing == self.unrecovered_failing {
+            return;
+        }
+        self.unrecovered_failing = failing;
+        if self.muted {
+            return;
+        }
+        let unrecovered = self.router.merged_loss.unrecovered;
+        if failing {
+            tracing::warn!(channel = %self.cfg.name, unrecovered, "unrecovered-packets rule failing: the merged output lost packets on every leg");
+        } else {
+            tracing::info!(channel = %self.cfg.name, unrecovered, "unrecovered-packets rule healthy again");
+        }
     }
 
     fn handle_content_event(&mut self, ev: ContentEvent) {
@@ -613,6 +667,30 @@ struct Router {
     /// Content-merge mode: the merger of the legs. While it is aligned its output is the
     /// channel's output; when the legs diverge the channel falls back to switching.
     merge: Option<ContentMerger>,
+    /// Content-merge mode: packets the merged output lost (the `unrecovered-packets` meter).
+    merged_loss: MergedLoss,
+}
+
+/// The merger's unrecovered count, kept only for what reached the output.
+#[derive(Clone, Copy, Debug, Default)]
+struct MergedLoss {
+    /// The merger's `unrecovered` when last looked at.
+    seen: u64,
+    /// Unrecovered packets counted while the merged stream was the output.
+    unrecovered: u64,
+}
+
+impl MergedLoss {
+    /// `total` is the merger's count now; what it gained since the last call is counted when
+    /// the packets released meanwhile go to the output (`aligned`), the same decision as
+    /// theirs in [`Router::drain_merged`].
+    fn update(&mut self, total: u64, aligned: bool) {
+        let new = total.saturating_sub(self.seen);
+        self.seen = total;
+        if aligned {
+            self.unrecovered += new;
+        }
+    }
 }
 
 impl Router {
@@ -621,6 +699,7 @@ impl Router {
     fn drain_merged(&mut self, now: Instant) {
         if let Some(m) = &mut self.merge {
             let aligned = m.aligned();
+            self.merged_loss.update(m.stats().unrecovered, aligned);
             while let Some(p) = m.poll_output(now) {
                 if aligned {
                     self.out.push(p);
@@ -681,6 +760,7 @@ mod tests {
 
     use super::*;
     use crate::config::{HoldDownConfig, Role, Stage};
+    use crate::merge::content::ContentConfig;
     use crate::ts::psi::{build_pat, build_pmt, packetize};
     use crate::ts::{ContinuityCounter, SYNC_BYTE};
 
@@ -742,6 +822,7 @@ mod tests {
             rap_max_wait: Duration::from_millis(300),
             rap_wait: None,
             merge: None,
+            merged_loss: MergedLoss::default(),
         }
     }
 
@@ -829,6 +910,186 @@ mod tests {
             r.rap_wait.is_none(),
             "back on 0: the stale wait for 1 is gone"
         );
+    }
+
+    /// A TS packet on `VIDEO` with CC `i mod 16` and a payload unique to (`i`, `stream`).
+    fn numbered(i: u64, stream: u64) -> [u8; PACKET_LEN] {
+        let mut p = [0u8; PACKET_LEN];
+        p[0] = SYNC_BYTE;
+        p[1] = (VIDEO.0 >> 8) as u8;
+        p[2] = VIDEO.0 as u8;
+        p[3] = 0x10 | (i & 0x0f) as u8;
+        p[4..12].copy_from_slice(&i.to_le_bytes());
+        p[12..20].copy_from_slice(&stream.to_le_bytes());
+        p
+    }
+
+    /// Content-merge glue in virtual time: a two-leg [`Router`] with its merger, and one
+    /// `unrecovered-packets` rule per source (100 ms windows, failing while 1 of the last 3
+    /// is in error), driven the way `SwitchChannel` drives them.
+    struct MergeSim {
+        r: Router,
+        rules: Vec<SourceRules>,
+        released: usize,
+    }
+
+    struct LossMeter(u64);
+
+    impl SourceMeter for LossMeter {
+        fn bytes(&self) -> u64 {
+            0
+        }
+        fn p1_errors(&self, _: Option<Pid>) -> u64 {
+            0
+        }
+        fn unrecovered(&self) -> u64 {
+            self.0
+        }
+    }
+
+    impl MergeSim {
+        fn new(t0: Instant) -> MergeSim {
+            let mut r = router(t0, false);
+            r.merge = Some(ContentMerger::new(ContentConfig {
+                legs: 2,
+                window: Duration::from_millis(50),
+                capacity: 4096,
+                leg_timeout: Duration::from_millis(500),
+            }));
+            let spec = crate::rules::RuleSpec {
+                condition: Condition::UnrecoveredPackets,
+                sample_duration: Duration::from_millis(100),
+                samples: 3,
+                threshold: 1,
+                pid: None,
+                min_kbps: None,
+            };
+            MergeSim {
+                r,
+                rules: vec![SourceRules::new(t0, std::slice::from_ref(&spec)); 2],
+                released: 0,
+            }
+        }
+
+        fn drain(&mut self, now: Instant) {
+            self.r.drain_merged(now);
+            self.released += self.r.out.len();
+            self.r.out.clear();
+        }
+
+        /// Fire every rule and merger timeout up to `t`, rules first (as `handle_timeout`).
+        fn run_to(&mut self, t: Instant) {
+            loop {
+                let m = self.r.merge.as_ref().and_then(|m| m.poll_timeout());
+                let due = self
+                    .rules
+                    .iter()
+                    .filter_map(|r| r.poll_timeout())
+                    .chain(m)
+                    .min()
+                    .filter(|d| *d <= t);
+                let Some(now) = due else { break };
+                for rules in &mut self.rules {
+                    rules.handle_timeout(now, &LossMeter(self.r.merged_loss.unrecovered));
+                }
+                if let Some(m) = &mut self.r.merge {
+                    m.handle_timeout(now);
+                }
+                self.drain(now);
+            }
+        }
+
+        fn arrive(&mut self, t: Instant, leg: usize, d: &Bytes) {
+            self.run_to(t);
+            self.r.deliver(t, leg, d);
+            self.drain(t);
+        }
+
+        /// Datagrams `[from, to)` of 7 packets, one every 525 µs after `t0`, on leg 0 and
+        /// 5 ms later on leg 1 (which carries `stream_b`); `lost` on both legs.
+        fn send(&mut self, t0: Instant, from: u64, to: u64, stream_b: u64, lost: &[u64]) {
+            let dgram = |d: u64, stream: u64| {
+                let v: Vec<u8> = (d * 7..d * 7 + 7)
+                    .flat_map(|i| numbered(i, stream))
+                    .collect();
+                Bytes::from(v)
+            };
+            let at = |d: u64| t0 + Duration::from_micros(525 * d);
+            let mut arrivals: Vec<(Instant, usize, u64)> = Vec::new();
+            for d in (from..to).filter(|d| !lost.contains(d)) {
+                arrivals.push((at(d), 0, d));
+                arrivals.push((at(d) + Duration::from_millis(5), 1, d));
+            }
+            arrivals.sort_by_key(|a| (a.0, a.1));
+            for (t, leg, d) in arrivals {
+                let stream = if leg == 1 { stream_b } else { 0 };
+                self.arrive(t, leg, &dgram(d, stream));
+            }
+        }
+
+        fn failing(&self) -> [bool; 2] {
+            [0, 1].map(|i| self.rules[i].is_failing(Condition::UnrecoveredPackets))
+        }
+    }
+
+    #[test]
+    fn unrecovered_rule_counts_what_the_merged_output_lost() {
+        let t0 = crate::merge::sim::base();
+        let ms = |v: u64| t0 + Duration::from_millis(v);
+        let mut sim = MergeSim::new(t0);
+        // 0–105 ms: datagram 100 (52.5 ms, CCs 12..=2 of packets 700..707) lost on both legs.
+        sim.send(t0, 0, 200, 0, &[100]);
+        assert!(sim.r.merge.as_ref().unwrap().aligned());
+        assert_eq!(sim.r.merged_loss.unrecovered, 7, "the CC gap of 7 packets");
+        sim.run_to(ms(100));
+        assert_eq!(sim.failing(), [true, true], "every source sees it");
+        assert_eq!(sim.rules[0].status()[0].recent, [true]);
+        assert_eq!(
+            switch_verdict(&sim.rules[0]),
+            None,
+            "an alarm: the switch is not told"
+        );
+        // No loss after that: healthy once the window in error is older than the last 3.
+        sim.send(t0, 200, 800, 0, &[]);
+        sim.run_to(ms(400));
+        assert_eq!(sim.failing(), [false, false]);
+        assert_eq!(
+            sim.rules[1].status()[0].recent,
+            [false, false, false],
+            "windows 1..=3"
+        );
+        assert_eq!(sim.rules[1].status()[0].failures, 1);
+        assert_eq!(sim.released, 800 * 7 - 7, "sanity: the merged output");
+    }
+
+    #[test]
+    fn unrecovered_rule_ignores_losses_while_falling_back_to_switching() {
+        let t0 = crate::merge::sim::base();
+        let mut sim = MergeSim::new(t0);
+        sim.send(t0, 0, 400, 0, &[]);
+        // Leg 1 turns into another stream: the merger stops merging (fallback).
+        sim.send(t0, 400, 1000, 1, &[]);
+        let m = sim.r.merge.as_ref().unwrap();
+        assert!(!m.aligned(), "{:?}", m.stats());
+        // (Before the merger gave up on leg 1, a few of its packets may have reached the
+        // merged output as insertions: CC gaps that did reach the output, counted.)
+        let before = sim.r.merged_loss.unrecovered;
+        let merger_before = m.stats().unrecovered;
+        // Leg 0 (the only leg the merger still places) loses a datagram: the merger counts a
+        // gap in what it releases, but that is not the output now.
+        sim.send(t0, 1000, 1400, 1, &[1200]);
+        sim.run_to(t0 + Duration::from_millis(800));
+        let m = sim.r.merge.as_ref().unwrap();
+        assert!(!m.aligned());
+        assert_eq!(
+            m.stats().unrecovered,
+            merger_before + 7,
+            "the merger saw the gap"
+        );
+        assert_eq!(sim.r.merged_loss.unrecovered, before, "not in the output");
+        // Windows 5..=7 (500–800 ms, the loss at 630 ms) are clean.
+        assert_eq!(sim.rules[0].status()[0].recent, [false, false, false]);
+        assert_eq!(sim.failing(), [false, false]);
     }
 
     #[test]

@@ -994,3 +994,55 @@ fn regression_seed_10973265078208306654() {
         &[6, 4, 4],
     );
 }
+
+#[test]
+fn trailing_leg_restart_reanchors() {
+    // Leg 1 trails by 30 ms; after packet 8000 its source restarts 1500 packets back (112 ms
+    // of stream: a replay, e.g. an upstream buffer restarting) and carries on from there, now
+    // trailing by ~142 ms (still inside the 200 ms window). Every replayed packet is a copy of
+    // one already merged: nothing may be output twice, nothing lost.
+    const RESTART_AT: usize = 8_000;
+    const REPLAY: usize = 1_500;
+    let pkts = stream(20_000, 11);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let a = plan(&mut rng, pkts.len(), 7, 0.0, ms(0));
+    let mut sim = Sim::new(cfg(2));
+    sim.send(ms(1), SPACING, &pkts, &[a]);
+    let start = ms(1) + ms(30);
+    // Leg 1 before the restart: packets [0, RESTART_AT), sent at their original times.
+    let before = plan(&mut rng, RESTART_AT, 7, 0.0, ms(0));
+    let mut i = 0;
+    for &(k, _) in &before.datagrams {
+        let d: Vec<u8> = pkts[i..i + k]
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        sim.deliver(start + SPACING * (i + k) as u32, 1, Bytes::from(d));
+        i += k;
+    }
+    // After: packets [RESTART_AT - REPLAY, end), the sender's clock running on.
+    let from = RESTART_AT - REPLAY;
+    let after = plan(&mut rng, pkts.len() - from, 7, 0.0, ms(0));
+    let mut j = from;
+    for &(k, _) in &after.datagrams {
+        let d: Vec<u8> = pkts[j..j + k]
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        let sent = RESTART_AT + (j + k - from);
+        sim.deliver(start + SPACING * sent as u32, 1, Bytes::from(d));
+        j += k;
+    }
+    sim.run();
+    assert_eq!(first_diff(&sim.out, &pkts), None, "output = original");
+    assert_eq!(sim.out.len(), pkts.len(), "no duplicates");
+    assert!(sim.m.stats().reanchors >= 1, "{:?}", sim.m.stats());
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == ContentEvent::Reanchored { leg: LegId(1) }),
+        "{:?}",
+        sim.events
+    );
+    assert_eq!(sim.m.stats().diverged_events, 0, "{:?}", sim.events);
+}
