@@ -9,7 +9,9 @@
 //! wall clock); the ingest reads both clocks once per batch and moves each timestamp onto
 //! the monotonic clock ([`arrival`]), so that neither the reading thread's scheduling delay
 //! nor the batching (every datagram of a batch read at one instant) reaches the content
-//! merger, which measures a leg's losses by its arrival times.
+//! merger, which measures a leg's losses by its arrival times. What they cannot remove is
+//! the sender's own jitter: on loopback the kernel stamps a datagram while the sending
+//! process sends it, so a stalled sender (e.g. `hitless send` on a busy machine) still shows.
 
 use std::io;
 use std::net::SocketAddr;
