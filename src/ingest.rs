@@ -1,13 +1,21 @@
 //! Ingest glue: one receive socket per source, batched reads, validation, drop accounting.
 //!
 //! A datagram is received once into a pooled slab ([`crate::net::mmsg`]), frozen into
-//! `Bytes`, timestamped once (one clock read per batch: the datagrams of a batch were all
-//! waiting in the socket at that instant) and validated: RTP header (for `rtp://`), then
-//! the payload must be whole 188-byte TS packets with sync bytes. Anything else is counted
-//! by reason and dropped; it never reaches the merger and never disturbs another leg.
+//! `Bytes`, given its arrival time and validated: RTP header (for `rtp://`), then the
+//! payload must be whole 188-byte TS packets with sync bytes. Anything else is counted by
+//! reason and dropped; it never reaches the merger and never disturbs another leg.
+//!
+//! Arrival time: the kernel timestamps every datagram when it receives it (`SO_TIMESTAMPNS`,
+//! wall clock); the ingest reads both clocks once per batch and moves each timestamp onto
+//! the monotonic clock ([`arrival`]), so that neither the reading thread's scheduling delay
+//! nor the batching (every datagram of a batch read at one instant) reaches the content
+//! merger, which measures a leg's losses by its arrival times. What they cannot remove is
+//! the sender's own jitter: on loopback the kernel stamps a datagram while the sending
+//! process sends it, so a stalled sender (e.g. `hitless send` on a busy machine) still shows.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -82,6 +90,27 @@ impl IngestStats {
     }
 }
 
+/// A kernel receive timestamp older than this (a clock step, or a stall longer than any
+/// merge window) counts as this old.
+pub const MAX_RX_AGE: Duration = Duration::from_secs(1);
+
+/// The monotonic arrival time of a datagram the kernel stamped `rx` (wall clock), given the
+/// two clocks read together at `now` / `now_sys` after it was received: `now − (now_sys −
+/// rx)`, clamped to `[now − MAX_RX_AGE, now]`. A timestamp in the future (the wall clock was
+/// stepped back meanwhile) or none at all gives `now`.
+pub fn arrival(now: Instant, now_sys: SystemTime, rx: Option<SystemTime>) -> Instant {
+    let Some(age) = rx.and_then(|rx| now_sys.duration_since(rx).ok()) else {
+        return now;
+    };
+    now.checked_sub(age.min(MAX_RX_AGE)).unwrap_or(now)
+}
+
+/// Both clocks, read together once per batch (the glue is the only place that reads them).
+#[allow(clippy::disallowed_methods)]
+fn clocks() -> (Instant, SystemTime) {
+    (Instant::now(), SystemTime::now())
+}
+
 /// A source's receive socket and its validation state.
 pub struct Leg {
     pub socket: tokio::net::UdpSocket,
@@ -90,6 +119,9 @@ pub struct Leg {
     batch: Vec<Datagram>,
     scheme: Scheme,
     sender: Option<std::net::IpAddr>,
+    /// Arrival time of the last datagram handed on: the leg's arrival times never go back
+    /// (a datagram without a timestamp, or a clamped one, could otherwise).
+    last_arrival: Option<Instant>,
     pub stats: IngestStats,
 }
 
@@ -104,6 +136,10 @@ impl Leg {
     /// Bind the source's socket (must run inside a tokio runtime).
     pub fn open(cfg: &SourceConfig) -> Result<Opened, NetError> {
         let rs = net::open_recv(&cfg.url, cfg.recv_buffer_bytes)?;
+        if let Err(e) = mmsg::enable_rx_timestamps(&rs.socket) {
+            // Not fatal: arrival times are then those of the batch reads.
+            tracing::warn!(source = %cfg.url, error = %e, "no kernel receive timestamps (SO_TIMESTAMPNS)");
+        }
         let local = rs.socket.local_addr().map_err(|source| NetError::Option {
             url: cfg.url.to_string(),
             what: "getsockname",
@@ -123,6 +159,7 @@ impl Leg {
                 batch: Vec::with_capacity(mmsg::BATCH),
                 scheme: cfg.url.scheme,
                 sender: cfg.url.source,
+                last_arrival: None,
                 stats: IngestStats::default(),
             },
             requested_recv_buffer: cfg.recv_buffer_bytes,
@@ -134,20 +171,23 @@ impl Leg {
     /// Read one batch without blocking and hand every valid RTP datagram to `sink`
     /// (merge modes). Returns the number of datagrams read (valid or not); `WouldBlock`
     /// when none.
-    pub fn read_rtp_batch(&mut self, sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
-        self.read_batch(take_rtp, sink)
+    pub fn read_rtp_batch(&mut self, mut sink: impl FnMut(RtpPacket)) -> io::Result<usize> {
+        self.read_batch(take_rtp, |p, _| sink(p))
     }
 
     /// Read one batch and hand the TS payload of every valid datagram to `sink` (switch
-    /// mode: `rtp://` or `udp://` sources; the payload is a zero-copy slice).
-    pub fn read_ts_batch(&mut self, sink: impl FnMut(Bytes)) -> io::Result<usize> {
+    /// and content-merge modes: `rtp://` or `udp://` sources; the payload is a zero-copy
+    /// slice), with its arrival time: the kernel's receive timestamp on the monotonic clock
+    /// ([`arrival`]), never earlier than the leg's previous one, never later than the
+    /// batch's read.
+    pub fn read_ts_batch(&mut self, sink: impl FnMut(Bytes, Instant)) -> io::Result<usize> {
         self.read_batch(take_ts, sink)
     }
 
     fn read_batch<T>(
         &mut self,
         validate: fn(Datagram, Scheme, Option<std::net::IpAddr>) -> Result<T, DropReason>,
-        mut sink: impl FnMut(T),
+        mut sink: impl FnMut(T, Instant),
     ) -> io::Result<usize> {
         self.batch.clear();
         let (pool, batch) = (&mut self.pool, &mut self.batch);
@@ -169,13 +209,19 @@ impl Leg {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => short,
             Err(e) => return Err(e),
         };
+        let (now, now_sys) = clocks();
         for d in self.batch.drain(..) {
             let len = d.data.len() as u64;
+            let mut at = arrival(now, now_sys, d.rx);
+            if let Some(last) = self.last_arrival {
+                at = at.max(last);
+            }
             match validate(d, self.scheme, self.sender) {
                 Ok(p) => {
                     self.stats.packets += 1;
                     self.stats.bytes += len;
-                    sink(p);
+                    self.last_arrival = Some(at);
+                    sink(p, at);
                 }
                 Err(reason) => self.stats.dropped[reason.index()] += 1,
             }
@@ -251,6 +297,7 @@ mod tests {
             data: Bytes::from(data),
             from: from.parse().unwrap(),
             truncated: false,
+            rx: None,
         }
     }
 
@@ -311,6 +358,27 @@ mod tests {
             validate_ts(&dgram(udp[..100].to_vec(), "10.0.0.1:1"), Scheme::Udp, None).unwrap_err(),
             DropReason::Ts(TsError::BadLength)
         );
+    }
+
+    #[test]
+    fn kernel_timestamps_move_onto_the_monotonic_clock_within_a_second() {
+        let now = crate::merge::sim::base() + Duration::from_secs(10);
+        let sys = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ms = Duration::from_millis;
+        assert_eq!(arrival(now, sys, Some(sys - ms(3))), now - ms(3));
+        assert_eq!(arrival(now, sys, Some(sys)), now);
+        assert_eq!(arrival(now, sys, None), now, "no timestamp");
+        assert_eq!(
+            arrival(now, sys, Some(sys + ms(5))),
+            now,
+            "a timestamp in the future (the wall clock stepped back)"
+        );
+        assert_eq!(
+            arrival(now, sys, Some(sys - Duration::from_secs(3600))),
+            now - MAX_RX_AGE,
+            "an hour old (the wall clock stepped forward)"
+        );
+        assert_eq!(arrival(now, sys, Some(sys - MAX_RX_AGE)), now - MAX_RX_AGE);
     }
 
     #[test]

@@ -11,12 +11,20 @@
 //! `Bytes` travels to the output socket. When a slab runs low it is replaced; if every
 //! datagram cut from the old slab has been dropped, `BytesMut::reserve` reclaims the same
 //! allocation, so steady state allocates nothing per packet.
+//!
+//! Receive timestamps: with [`enable_rx_timestamps`] (`SO_TIMESTAMPNS`, socket(7)) the kernel
+//! attaches to every datagram the wall-clock time (`CLOCK_REALTIME`) at which it was
+//! received, as an `SCM_TIMESTAMPNS` control message. Each header of a batch gets its own
+//! control buffer (preallocated with the headers) and [`Datagram::rx`] carries the time, so
+//! the datagrams of one batch keep their own arrival times however late the reading thread
+//! runs.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,6 +34,14 @@ pub const BATCH: usize = 64;
 pub const SLOT: usize = 2048;
 /// Slots per slab.
 const SLAB_SLOTS: usize = 4 * BATCH;
+/// Bytes of control buffer per received datagram: room for the `SCM_TIMESTAMPNS` message
+/// (32 bytes on 64-bit Linux) and one more of the same size, should another option ever
+/// be enabled on the socket (a message that does not fit sets `MSG_CTRUNC`).
+const CTRL_LEN: usize = 64;
+// SAFETY: CMSG_SPACE only computes a length (no pointer is involved).
+const _: () = assert!(
+    unsafe { libc::CMSG_SPACE(size_of::<libc::timespec>() as libc::c_uint) } as usize <= CTRL_LEN
+);
 
 /// One received datagram.
 #[derive(Clone, Debug)]
@@ -34,6 +50,10 @@ pub struct Datagram {
     pub from: SocketAddr,
     /// The datagram was larger than [`SLOT`] and has been cut: drop it.
     pub truncated: bool,
+    /// When the kernel received it (wall clock, `SCM_TIMESTAMPNS`): `None` when the socket
+    /// has no [`enable_rx_timestamps`], or the control message was cut (`MSG_CTRUNC`) or
+    /// malformed.
+    pub rx: Option<SystemTime>,
 }
 
 /// Receive buffers: slabs of [`SLOT`]-sized slots that received datagrams are cut from,
@@ -53,6 +73,9 @@ struct RecvScratch {
     addrs: [libc::sockaddr_storage; BATCH],
     iovs: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
+    /// Control buffers, one per header; `u64` words so that they are aligned for
+    /// `cmsghdr` (whose alignment is that of `size_t`), as CMSG_FIRSTHDR assumes.
+    ctrl: [[u64; CTRL_LEN / 8]; BATCH],
 }
 
 // SAFETY: the raw pointers in `RecvScratch` (and `init_base`, only ever compared, never
@@ -123,6 +146,68 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> SocketAddr {
     }
 }
 
+/// Ask the kernel to timestamp every datagram received on `sock` (`SO_TIMESTAMPNS`): then
+/// [`recv_batch`] fills [`Datagram::rx`].
+pub fn enable_rx_timestamps(sock: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int and its exact size is passed; the kernel
+    // only reads it during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The `SCM_TIMESTAMPNS` time in the control messages the kernel wrote for `h`, if any.
+///
+/// # Safety
+/// `h` is a header filled by a successful `recvmmsg(2)`: unless its `msg_controllen` is 0,
+/// `msg_control` points to a live buffer, aligned for `cmsghdr`, whose first
+/// `msg_controllen` bytes are initialised (the kernel sets `msg_controllen` to what it wrote,
+/// at most the buffer size it was given).
+unsafe fn rx_timestamp(h: &libc::msghdr) -> Option<SystemTime> {
+    if h.msg_flags & libc::MSG_CTRUNC != 0 {
+        // A message was cut (a buffer too small): do not trust a partial one.
+        return None;
+    }
+    // SAFETY: CMSG_LEN only computes a length.
+    let want = unsafe { libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) } as usize;
+    // SAFETY: see the function's contract. CMSG_FIRSTHDR and CMSG_NXTHDR return null or a
+    // pointer to a cmsghdr that lies wholly within the first msg_controllen bytes.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
+    while !c.is_null() {
+        // SAFETY: non-null from CMSG_FIRSTHDR/CMSG_NXTHDR: a whole, aligned, initialised
+        // cmsghdr inside the buffer.
+        let cm = unsafe { &*c };
+        if cm.cmsg_level == libc::SOL_SOCKET
+            && cm.cmsg_type == libc::SCM_TIMESTAMPNS
+            && cm.cmsg_len as usize >= want
+        {
+            // SAFETY: the kernel wrote this message whole (no MSG_CTRUNC, checked above) and
+            // its cmsg_len (checked above) covers a timespec after the header; read_unaligned
+            // assumes nothing about the data's alignment.
+            let ts = unsafe { libc::CMSG_DATA(c).cast::<libc::timespec>().read_unaligned() };
+            let secs = u64::try_from(ts.tv_sec).ok()?;
+            let nanos = u32::try_from(ts.tv_nsec)
+                .ok()
+                .filter(|n| *n < 1_000_000_000)?;
+            return SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; `c` is a cmsghdr of `h`'s buffer.
+        c = unsafe { libc::CMSG_NXTHDR(h, c) };
+    }
+    None
+}
+
 /// Receive up to [`BATCH`] datagrams with one `recvmmsg(2)` (non-blocking) and append them
 /// to `out`. Returns how many were received; `WouldBlock` when none were waiting.
 pub fn recv_batch(
@@ -142,13 +227,16 @@ pub fn recv_batch(
         h.msg_iov = &mut sc.iovs[i];
         h.msg_iovlen = 1;
         h.msg_name = (&mut sc.addrs[i] as *mut libc::sockaddr_storage).cast();
-        // The kernel overwrites these three: reset them for every call.
+        h.msg_control = sc.ctrl[i].as_mut_ptr().cast();
+        // The kernel overwrites these four: reset them for every call.
         h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_controllen = CTRL_LEN as _;
         h.msg_flags = 0;
         sc.hdrs[i].msg_len = 0;
     }
     // SAFETY: the scratch arrays live until the call returns; each iovec points at a
-    // distinct SLOT-sized slice of the slab, which we hold mutably; msg_control is null.
+    // distinct SLOT-sized slice of the slab, which we hold mutably; each msg_control points
+    // at its own CTRL_LEN-byte buffer in the scratch, and msg_controllen says so.
     let n = unsafe {
         libc::recvmmsg(
             fd,
@@ -170,6 +258,9 @@ pub fn recv_batch(
             data: d.freeze(),
             from: to_socket_addr(a),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            // SAFETY: one of the first `n` headers, just filled by recvmmsg; its msg_control
+            // is our CTRL_LEN-byte, u64-aligned buffer, zero-initialised with the scratch.
+            rx: unsafe { rx_timestamp(&h.msg_hdr) },
         });
     }
     Ok(n)
@@ -373,6 +464,7 @@ mod tests {
             assert_eq!(&d.data[..], &bufs[i][..]);
             assert_eq!(d.from, tx.local_addr().unwrap());
             assert!(!d.truncated);
+            assert!(d.rx.is_none(), "no SO_TIMESTAMPNS on this socket");
         }
         assert_eq!(
             recv_batch(&rx, &mut pool, &mut out).unwrap_err().kind(),
@@ -450,6 +542,80 @@ mod tests {
             pool.slab.as_ptr(),
             first,
             "the slab allocation was not reused"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the test compares with the wall clock
+    fn kernel_timestamps_every_datagram_of_a_batch_in_order() {
+        let rx = UdpSocket::bind("127.0.8.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        enable_rx_timestamps(&rx).unwrap();
+        let tx = UdpSocket::bind("127.0.8.2:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let before = SystemTime::now();
+        tx.send_to(&[1u8; 188], to).unwrap();
+        tx.send_to(&[2u8; 188], to).unwrap();
+        let (mut pool, mut out) = (SlabPool::default(), Vec::new());
+        // Loopback delivery is synchronous: both are queued once send_to returned.
+        assert_eq!(recv_batch(&rx, &mut pool, &mut out).unwrap(), 2);
+        let after = SystemTime::now();
+        let t: Vec<SystemTime> = out.iter().map(|d| d.rx.expect("a timestamp")).collect();
+        assert!(t[0] <= t[1], "{t:?}");
+        assert!(
+            before <= t[0] && t[1] <= after,
+            "{before:?} {t:?} {after:?}"
+        );
+    }
+
+    /// A header with control bytes as the kernel writes them.
+    fn header_with_timestamp(buf: &mut [u64; CTRL_LEN / 8], ts: libc::timespec) -> libc::msghdr {
+        // SAFETY: all-zero is a valid msghdr; CMSG_* compute lengths and pointers inside
+        // `buf`, which is u64-aligned and larger than CMSG_SPACE(timespec) (asserted at
+        // compile time); the writes stay within it.
+        unsafe {
+            let mut h: libc::msghdr = MaybeUninit::zeroed().assume_init();
+            h.msg_control = buf.as_mut_ptr().cast();
+            h.msg_controllen = libc::CMSG_SPACE(size_of::<libc::timespec>() as libc::c_uint) as _;
+            let c = libc::CMSG_FIRSTHDR(&h);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_TIMESTAMPNS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) as _;
+            libc::CMSG_DATA(c)
+                .cast::<libc::timespec>()
+                .write_unaligned(ts);
+            h
+        }
+    }
+
+    #[test]
+    fn timestamp_message_is_parsed_and_ignored_when_cut() {
+        let mut buf = [0u64; CTRL_LEN / 8];
+        let ts = libc::timespec {
+            tv_sec: 1_700_000_000,
+            tv_nsec: 123_456_789,
+        };
+        let mut h = header_with_timestamp(&mut buf, ts);
+        let want = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        // SAFETY: `h` points into `buf`, initialised, as the kernel would leave it.
+        assert_eq!(unsafe { rx_timestamp(&h) }, Some(want));
+        h.msg_flags = libc::MSG_CTRUNC;
+        // SAFETY: as above.
+        assert_eq!(unsafe { rx_timestamp(&h) }, None, "MSG_CTRUNC");
+        h.msg_flags = 0;
+        h.msg_controllen = 0;
+        // SAFETY: as above (no control bytes).
+        assert_eq!(unsafe { rx_timestamp(&h) }, None, "no control message");
+        let bad = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 1_000_000_000,
+        };
+        let h = header_with_timestamp(&mut buf, bad);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { rx_timestamp(&h) },
+            None,
+            "nanoseconds out of range"
         );
     }
 }

@@ -322,14 +322,14 @@ impl SwitchChannel {
         let router = &mut self.router;
         let mut content = self.content.as_mut();
         for _ in 0..READ_BUDGET {
-            let res = leg.read_ts_batch(|payload| {
+            let res = leg.read_ts_batch(|payload, arrival| {
                 for pkt in payload.chunks_exact(PACKET_LEN) {
                     p1.push(now, pkt);
                     if let Some(c) = content.as_deref_mut() {
                         c.push(now, i, pkt);
                     }
                 }
-                router.deliver(now, i, &payload);
+                router.deliver(now, arrival, i, &payload);
             });
             match res {
                 Ok(n) if n < crate::net::mmsg::BATCH => break,
@@ -343,6 +343,11 @@ impl SwitchChannel {
         }
         if let Some(c) = &mut self.content {
             c.flush_source(i);
+        }
+        // The merger was pushed the datagrams' arrival times (most before `now`): let it do
+        // what is due at `now` too.
+        if let Some(m) = &mut self.router.merge {
+            m.handle_timeout(now);
         }
     }
 
@@ -406,7 +411,7 @@ impl SwitchChannel {
             if let Some(c) = &mut self.content {
                 c.push(now, i, &pkt);
             }
-            self.router.deliver(now, i, &pkt);
+            self.router.deliver(now, now, i, &pkt);
         }
         if let Some(c) = &mut self.content {
             c.flush_source(i);
@@ -708,10 +713,14 @@ impl Router {
         }
     }
 
-    fn deliver(&mut self, now: Instant, i: usize, payload: &Bytes) {
+    /// Route one datagram of source `i`, read at about `now`. `arrival` is when it arrived
+    /// (the kernel's receive timestamp, see [`crate::ingest::arrival`]): the content merger
+    /// places datagrams by their arrival times, so it gets that; everything else runs at
+    /// `now`.
+    fn deliver(&mut self, now: Instant, arrival: Instant, i: usize, payload: &Bytes) {
         let on_air = self.switch.on_packet(now, LegId(i));
         if let Some(m) = &mut self.merge {
-            m.push(now, LegId(i), payload);
+            m.push(arrival, LegId(i), payload);
             if m.aligned() {
                 // Merged: the output comes from the merger (see `drain_merged`). The splicer
                 // still reads every source's PSI so that a fallback switch is clean.
@@ -843,11 +852,11 @@ mod tests {
     /// Both sources on the air path, source 0 playing, then an operator lock to source 1.
     fn playing_then_locked(t0: Instant, on_rap: bool) -> Router {
         let mut r = router(t0, on_rap);
-        r.deliver(t0, 0, &psi());
-        r.deliver(t0, 1, &psi());
-        r.deliver(t0, 0, &video(0, true, 0xa0));
+        r.deliver(t0, t0, 0, &psi());
+        r.deliver(t0, t0, 1, &psi());
+        r.deliver(t0, t0, 0, &video(0, true, 0xa0));
         assert_eq!(sent(&mut r), vec![0xa0]);
-        r.deliver(t0, 1, &video(0, true, 0xb1));
+        r.deliver(t0, t0, 1, &video(0, true, 0xb1));
         assert_eq!(sent(&mut r), Vec::<u8>::new(), "source 1 is not on air yet");
         r.switch.lock(t0, LegId(1));
         r
@@ -858,15 +867,15 @@ mod tests {
         let t0 = crate::merge::sim::base();
         let ms = Duration::from_millis;
         let mut r = playing_then_locked(t0, true);
-        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
-        r.deliver(t0 + ms(10), 0, &video(1, false, 0xa0));
+        r.deliver(t0 + ms(10), t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(10), t0 + ms(10), 0, &video(1, false, 0xa0));
         assert_eq!(
             sent(&mut r),
             vec![0xa0],
             "no keyframe on 1 yet: 0 stays on air"
         );
-        r.deliver(t0 + ms(20), 1, &video(2, true, 0xb1));
-        r.deliver(t0 + ms(20), 0, &video(2, false, 0xa0));
+        r.deliver(t0 + ms(20), t0 + ms(20), 1, &video(2, true, 0xb1));
+        r.deliver(t0 + ms(20), t0 + ms(20), 0, &video(2, false, 0xa0));
         assert_eq!(
             sent(&mut r),
             vec![0xb1],
@@ -879,9 +888,9 @@ mod tests {
         let t0 = crate::merge::sim::base();
         let ms = Duration::from_millis;
         let mut r = playing_then_locked(t0, true);
-        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(10), t0 + ms(10), 1, &video(1, false, 0xb1));
         assert!(sent(&mut r).is_empty());
-        r.deliver(t0 + ms(310), 1, &video(2, false, 0xb1));
+        r.deliver(t0 + ms(310), t0 + ms(310), 1, &video(2, false, 0xb1));
         assert_eq!(
             sent(&mut r),
             vec![0xb1],
@@ -894,17 +903,17 @@ mod tests {
         let t0 = crate::merge::sim::base();
         let ms = Duration::from_millis;
         let mut r = playing_then_locked(t0, true);
-        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
-        r.deliver(t0 + ms(20), 0, &video(1, false, 0xa0));
+        r.deliver(t0 + ms(10), t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(20), t0 + ms(20), 0, &video(1, false, 0xa0));
         assert_eq!(sent(&mut r), vec![0xa0]);
-        r.deliver(t0 + ms(400), 0, &video(2, false, 0xa0));
+        r.deliver(t0 + ms(400), t0 + ms(400), 0, &video(2, false, 0xa0));
         assert!(sent(&mut r).is_empty(), "the wait ran out: 0 is off air");
 
         let mut r = playing_then_locked(t0, true);
-        r.deliver(t0 + ms(10), 1, &video(1, false, 0xb1));
+        r.deliver(t0 + ms(10), t0 + ms(10), 1, &video(1, false, 0xb1));
         r.switch.unlock(t0 + ms(15));
         r.switch.lock(t0 + ms(16), LegId(0));
-        r.deliver(t0 + ms(20), 0, &video(1, false, 0xa0));
+        r.deliver(t0 + ms(20), t0 + ms(20), 0, &video(1, false, 0xa0));
         assert_eq!(sent(&mut r), vec![0xa0]);
         assert!(
             r.rap_wait.is_none(),
@@ -1096,8 +1105,18 @@ mod tests {
     fn without_switch_on_rap_the_switch_is_immediate() {
         let t0 = crate::merge::sim::base();
         let mut r = playing_then_locked(t0, false);
-        r.deliver(t0 + Duration::from_millis(10), 1, &video(1, false, 0xb1));
-        r.deliver(t0 + Duration::from_millis(10), 0, &video(1, false, 0xa0));
+        r.deliver(
+            t0 + Duration::from_millis(10),
+            t0 + Duration::from_millis(10),
+            1,
+            &video(1, false, 0xb1),
+        );
+        r.deliver(
+            t0 + Duration::from_millis(10),
+            t0 + Duration::from_millis(10),
+            0,
+            &video(1, false, 0xa0),
+        );
         assert_eq!(sent(&mut r), vec![0xb1]);
     }
 }
