@@ -359,6 +359,70 @@ struct Slot {
     soft: bool,
 }
 
+/// Packets per block of the long-baseline spacing estimate.
+const SLOPE_BLOCK: u64 = 512;
+/// Blocks the long-baseline spacing spans at most.
+const SLOPE_BLOCKS: usize = 16;
+/// Packets the baseline must span before its spacing is used.
+const SLOPE_MIN_SPAN: u64 = 1024;
+
+/// A leg's packet spacing over a long baseline: per block of [`SLOPE_BLOCK`] positions the
+/// least-delayed datagram (smallest arrival − position × spacing), and the slope between the
+/// oldest and the newest of the last [`SLOPE_BLOCKS`] such points. Jitter only delays, so each
+/// block's earliest datagram carries about the same (smallest) delay and the slope is the
+/// sender's rate with an error of that delay's spread divided by thousands of packets; the
+/// per-datagram samples (a few percent off under jitter) would misplace a datagram after a
+/// few hundred packets of extrapolation. Stalls and losses do not move it.
+#[derive(Clone, Default)]
+struct Slope {
+    /// Earliest point of the current block: (arrival ns, position after the datagram).
+    cur: Option<(f64, u64)>,
+    ring: [(f64, u64); SLOPE_BLOCKS],
+    n: usize,
+    at: usize,
+    /// Spacing (ns per packet), 0 until the baseline spans [`SLOPE_MIN_SPAN`] packets.
+    s: f64,
+}
+
+impl Slope {
+    /// A datagram ending at position `p` arrived at `t`; `s` is the current spacing.
+    fn add(&mut self, t: f64, p: u64, s: f64) {
+        if s <= 0.0 {
+            return;
+        }
+        let key = |(t, p): (f64, u64)| t - (p - BASE_POS) as f64 * s;
+        match self.cur {
+            Some(c) if c.1 / SLOPE_BLOCK == p / SLOPE_BLOCK => {
+                if key((t, p)) < key(c) {
+                    self.cur = Some((t, p));
+                }
+            }
+            Some(c) if p > c.1 => {
+                self.ring[self.at % SLOPE_BLOCKS] = c;
+                self.at += 1;
+                self.n = (self.n + 1).min(SLOPE_BLOCKS);
+                self.cur = Some((t, p));
+                let new = c;
+                let old = self.ring[(self.at - self.n) % SLOPE_BLOCKS];
+                if new.1 >= old.1 + SLOPE_MIN_SPAN && new.0 > old.0 {
+                    self.s = (new.0 - old.0) / (new.1 - old.1) as f64;
+                }
+            }
+            Some(_) => {}
+            None => self.cur = Some((t, p)),
+        }
+    }
+
+    /// Positions from `c` on moved up by `m` (see `insert`).
+    fn shift(&mut self, c: u64, m: u64) {
+        for pt in self.cur.iter_mut().chain(self.ring.iter_mut()) {
+            if pt.1 > c {
+                pt.1 += m;
+            }
+        }
+    }
+}
+
 /// A datagram kept by an unanchored leg.
 struct Dgram {
     seq: u64,
@@ -399,9 +463,8 @@ struct Leg {
     /// The leg's arrival line: (arrival ns, position after the datagram) of a datagram that
     /// came early (lower envelope: jitter only delays), raised slowly to follow drift.
     line: Option<(f64, u64)>,
-    /// The first point of the line since anchoring: with the last datagram, a long-baseline
-    /// spacing (a datagram's jitter divided by hundreds of packets).
-    origin: Option<(f64, u64)>,
+    /// Long-baseline packet spacing (see [`Slope`]).
+    slope: Slope,
     /// Packet spacing (ns, median of recent samples), samples ring, last arrival.
     spacing: f64,
     samples: [f64; SPACING_SAMPLES],
@@ -525,7 +588,7 @@ impl ContentMerger {
                     next: BASE_POS,
                     last_t: None,
                     line: None,
-                    origin: None,
+                    slope: Slope::default(),
                     spacing: 0.0,
                     samples: [0.0; SPACING_SAMPLES],
                     sample_at: 0,
@@ -1012,6 +1075,7 @@ impl ContentMerger {
             {
                 *rp += m;
             }
+            l.slope.shift(c, m);
         }
     }
 
@@ -1060,8 +1124,10 @@ impl ContentMerger {
     /// 0 while unknown: no content-placed samples yet and no leg with [`SPACING_WARM`] own
     /// samples.
     fn spacing(&self, li: usize) -> f64 {
+        if self.legs[li].slope.s > 0.0 {
+            return self.legs[li].slope.s;
+        }
         // Losses only inflate a leg's samples: the smallest warm median is the best.
-        let _ = li;
         self.legs
             .iter()
             .filter(|l| l.sample_at >= SPACING_WARM && l.spacing > 0.0)
@@ -1718,9 +1784,7 @@ impl ContentMerger {
             }
             _ => Some((tt, end)),
         };
-        if l.origin.is_none() {
-            l.origin = l.line;
-        }
+        l.slope.add(tt, end, s);
         self.stats.legs[li].path_differential = Duration::from_nanos(l.diff.max(0.0) as u64);
     }
 
@@ -1850,7 +1914,7 @@ impl ContentMerger {
         l.next = at;
         l.last_t = None;
         l.line = None;
-        l.origin = None;
+        l.slope = Slope::default();
         l.last_cc.fill(NONE);
         l.conflicts = 0;
         l.unaligned_since = None;

@@ -1010,7 +1010,7 @@ mod tests {
 
         fn arrive(&mut self, t: Instant, leg: usize, d: &Bytes) {
             self.run_to(t);
-            self.r.deliver(t, leg, d);
+            self.r.deliver(t, t, leg, d);
             self.drain(t);
         }
 
