@@ -21,7 +21,7 @@
 //!    stalls only delay, so the line is reset by any datagram at or below it and only creeps
 //!    up slowly, by at most 1/16 spacing per datagram) and the packet spacing: once the leg
 //!    has placed 1024+ packets, the slope between the least-delayed datagrams of 512-packet
-//!    blocks up to 8192 packets apart ([`Slope`]); before that, from its inter-datagram
+//!    blocks up to 8192 packets apart (`Slope`); before that, from its inter-datagram
 //!    samples (the smallest value a quarter of them share exactly, else the mean of those
 //!    within 10 % of the median; the smallest estimate of the legs that have 8 samples),
 //!    which are a few percent off under jitter. The estimated gap is the line's position at the arrival minus the cursor
@@ -379,12 +379,13 @@ const SLOPE_BLOCKS: usize = 16;
 const SLOPE_MIN_SPAN: u64 = 1024;
 
 /// A leg's packet spacing over a long baseline: per block of [`SLOPE_BLOCK`] positions the
-/// least-delayed datagram (smallest arrival − position × spacing), and the slope between the
-/// oldest and the newest of the last [`SLOPE_BLOCKS`] such points. Jitter only delays, so each
-/// block's earliest datagram carries about the same (smallest) delay and the slope is the
-/// sender's rate with an error of that delay's spread divided by thousands of packets; the
-/// per-datagram samples (a few percent off under jitter) would misplace a datagram after a
-/// few hundred packets of extrapolation. Stalls and losses do not move it.
+/// least-delayed datagram (smallest arrival − position × spacing), and the median slope
+/// between consecutive such points of the last [`SLOPE_BLOCKS`] blocks. Jitter only delays,
+/// so each block's earliest datagram carries about the same (smallest) delay and a slope is
+/// the sender's rate with an error of that delay's spread divided by hundreds of packets;
+/// the per-datagram samples (a few percent off under jitter) would misplace a datagram after
+/// a few hundred packets of extrapolation. Stalls and losses do not move it, and a position
+/// error moves one pair, not the median.
 #[derive(Clone, Default)]
 struct Slope {
     /// Earliest point of the current block: (arrival ns, position after the datagram).
@@ -414,10 +415,24 @@ impl Slope {
                 self.at += 1;
                 self.n = (self.n + 1).min(SLOPE_BLOCKS);
                 self.cur = Some((t, p));
-                let new = c;
-                let old = self.ring[(self.at - self.n) % SLOPE_BLOCKS];
-                if new.1 >= old.1 + SLOPE_MIN_SPAN && new.0 > old.0 {
-                    self.s = (new.0 - old.0) / (new.1 - old.1) as f64;
+                // The median of the slopes between consecutive block points: a position error
+                // (a loss a leader's time estimate missed, or a gap it saw in a stall: holes
+                // cost nothing on output) skews only the pair around it.
+                let mut v = [0.0f64; SLOPE_BLOCKS];
+                let mut m = 0;
+                for j in 1..self.n {
+                    let a = self.ring[(self.at - self.n + j - 1) % SLOPE_BLOCKS];
+                    let b = self.ring[(self.at - self.n + j) % SLOPE_BLOCKS];
+                    if b.1 > a.1 && b.0 > a.0 {
+                        v[m] = (b.0 - a.0) / (b.1 - a.1) as f64;
+                        m += 1;
+                    }
+                }
+                let span = c.1 - self.ring[(self.at - self.n) % SLOPE_BLOCKS].1;
+                if m >= 2 && span >= SLOPE_MIN_SPAN {
+                    let v = &mut v[..m];
+                    let (_, med, _) = v.select_nth_unstable_by(m / 2, f64::total_cmp);
+                    self.s = *med;
                 }
             }
             Some(_) => {}
