@@ -109,8 +109,10 @@ fn check(pkts: &[Bytes], got: &[bool], ev: &[(Duration, LegId, Bytes)]) {
     }
     let mut seen = vec![false; pkts.len()];
     let (mut mis, mut next, mut n) = (0u64, 0usize, 0u64);
+    let mut out: Vec<Bytes> = Vec::with_capacity(pkts.len());
     run(Instant::now(), ev, |p| {
         n += 1;
+        out.push(p.clone());
         let Some(v) = pos.get(&p[..]) else { return };
         let k = v.partition_point(|&i| i < next);
         match v.get(k) {
@@ -126,9 +128,26 @@ fn check(pkts: &[Bytes], got: &[bool], ev: &[(Duration, LegId, Bytes)]) {
         .flatten()
         .filter(|&&i| got[i] && !seen[i])
         .count();
+    // Nulls too: the output must be the delivered packets exactly, nulls included.
+    let is_null = |p: &Bytes| p[1] & 0x1f == 0x1f && p[2] == 0xff;
+    let want: Vec<&Bytes> = pkts
+        .iter()
+        .zip(got)
+        .filter(|(_, g)| **g)
+        .map(|(p, _)| p)
+        .collect();
+    let nulls_out = out.iter().filter(|p| is_null(p)).count();
+    let nulls_want = want.iter().filter(|p| is_null(p)).count();
+    let first_diff = out
+        .iter()
+        .zip(&want)
+        .position(|(o, w)| o != *w)
+        .or((out.len() != want.len()).then_some(out.len().min(want.len())));
     eprintln!(
         "content bench check: output {n}, misattributed (duplicated or out of order) {mis}, \
-         missing non-null delivered {missing}"
+         missing non-null delivered {missing}; nulls out {nulls_out} of {nulls_want} delivered; \
+         output identical to the delivered packets: {} (first difference: {first_diff:?})",
+        first_diff.is_none()
     );
 }
 

@@ -359,7 +359,10 @@ struct Slot {
     pos: u64,
     kind: Kind,
     fp: u64,
+    /// The packet until it is released (then only `kind` and `fp` stay, as history).
     pkt: Option<Bytes>,
+    /// Its PID (kept as history with `fp`).
+    pid: u16,
     /// Next lower position holding the same fingerprint (`NONE`: none known).
     same_prev: u64,
     /// Arrival of the datagram that created it (ns from `base`).
@@ -598,6 +601,7 @@ impl ContentMerger {
                     kind: Kind::Empty,
                     fp: 0,
                     pkt: None,
+                    pid: 0,
                     same_prev: NONE,
                     created_ns: 0,
                     legs: 0,
@@ -878,9 +882,7 @@ impl ContentMerger {
                 match self.slot(x) {
                     None => u += 1,
                     Some(s) if s.kind == Kind::Data => {
-                        if let Some(o) = &s.pkt
-                            && (usize::from(o[1] & 0x1f) << 8 | usize::from(o[2])) == pid
-                        {
+                        if usize::from(s.pid) == pid {
                             n += 1;
                         }
                     }
@@ -1030,6 +1032,7 @@ impl ContentMerger {
         s.kind = if pk.null { Kind::Null } else { Kind::Data };
         s.fp = pk.fp;
         s.pkt = Some(pk.bytes.clone());
+        s.pid = u16::from(pk.bytes[1] & 0x1f) << 8 | u16::from(pk.bytes[2]);
         s.same_prev = same_prev;
         s.created_ns = t;
         s.legs = 1 << li;
@@ -1067,9 +1070,9 @@ impl ContentMerger {
                 *h = p + m;
             }
             let pkt = self.slots[from].pkt.take();
-            let (created, legs, creator, soft) = {
+            let (created, legs, creator, soft, pid) = {
                 let s = &self.slots[from];
-                (s.created_ns, s.legs, s.creator, s.soft)
+                (s.created_ns, s.legs, s.creator, s.soft, s.pid)
             };
             self.slots[from].pos = NONE;
             self.slots[from].kind = Kind::Empty;
@@ -1083,6 +1086,7 @@ impl ContentMerger {
             d.legs = legs;
             d.creator = creator;
             d.soft = soft;
+            d.pid = pid;
         }
         if self.hi > c {
             self.hi += m;
@@ -2143,7 +2147,8 @@ impl ContentMerger {
             return;
         };
         let (legs, creator, kind) = (s.legs, s.creator as usize, s.kind);
-        let Some(pkt) = s.pkt.clone() else {
+        // Released: the bytes leave (history keeps the kind and fingerprint only).
+        let Some(pkt) = self.slots[(p & self.mask) as usize].pkt.take() else {
             return;
         };
         if kind == Kind::Data {
