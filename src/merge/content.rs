@@ -130,7 +130,7 @@
 //! history for late copies), the fingerprint index, 64 buffered datagrams per unanchored
 //! leg, [`HELD_MAX`] held datagrams per anchored leg, an output queue bounded by
 //! `4 × capacity`, an 8192-entry CC table for the output and one per leg (64 KiB, for
-//! [`ContentMerger::cc_consistent`]); nothing is allocated per packet in steady state
+//! `ContentMerger::cc_consistent`); nothing is allocated per packet in steady state
 //! except held and buffered datagrams.
 //!
 //! # Status
