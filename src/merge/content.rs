@@ -156,7 +156,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::LegId;
-use crate::ts::{NULL_PID, PACKET_LEN};
+use crate::ts::{NULL_PID, PACKET_LEN, TsPacket};
 
 /// A gap of this many packet slots or more (by time) on a leg is a jump: the leg re-anchors.
 pub const JUMP_PACKETS: u64 = 1024;
@@ -347,6 +347,9 @@ struct Pk {
     bytes: Bytes,
     /// Fingerprint (0 for a null packet).
     fp: u64,
+    pid: u16,
+    /// Continuity counter, [`NO_CC`] without payload.
+    cc: u8,
     null: bool,
 }
 
@@ -687,11 +690,13 @@ impl ContentMerger {
         let mut off = 0;
         while off + PACKET_LEN <= payload.len() {
             let b = &payload[off..off + PACKET_LEN];
-            if b[0] == crate::ts::SYNC_BYTE {
-                let null = u16::from(b[1] & 0x1f) << 8 | u16::from(b[2]) == NULL_PID.0;
+            if let Some(t) = TsPacket::try_new(b) {
+                let null = t.pid() == NULL_PID;
                 run.push(Pk {
                     fp: if null { 0 } else { fingerprint(b) },
                     bytes: payload.slice(off..off + PACKET_LEN),
+                    pid: t.pid().0,
+                    cc: if t.has_payload() { t.cc().0 } else { NO_CC },
                     null,
                 });
             }
@@ -868,24 +873,22 @@ impl ContentMerger {
     fn cc_consistent(&self, li: usize, q: u64, pk: &[Pk]) -> bool {
         let table = &self.legs[li].last_cc;
         for (i, p) in pk.iter().enumerate().filter(|(_, p)| !p.null).take(LOOKUPS) {
-            let b = &p.bytes;
-            if b[3] & 0x10 == 0 || (b[3] & 0x20 != 0 && b[4] > 0 && b[5] & 0x80 != 0) {
+            if p.cc == NO_CC || TsPacket::try_new(&p.bytes).is_none_or(|t| t.discontinuity()) {
                 continue; // no payload, or a discontinuity: the counter says nothing
             }
-            let pid = (usize::from(b[1] & 0x1f) << 8) | usize::from(b[2]);
-            let e = table[pid];
+            let e = table[usize::from(p.pid)];
             let at = q + i as u64;
             if e == NONE || e >> 4 >= at {
                 continue;
             }
             let (p0, c0) = (e >> 4, (e & 15) as u8);
-            let d = u64::from((b[3] & 15).wrapping_sub(c0).wrapping_sub(1) & 15);
+            let d = u64::from(p.cc.wrapping_sub(c0).wrapping_sub(1) & 15);
             let (mut n, mut u) = (0u64, 0u64);
             for x in p0 + 1..at {
                 match self.slot(x) {
                     None => u += 1,
                     Some(s) if s.kind == Kind::Data => {
-                        if usize::from(s.pid) == pid {
+                        if s.pid == p.pid {
                             n += 1;
                         }
                     }
@@ -1035,7 +1038,7 @@ impl ContentMerger {
         s.kind = if pk.null { Kind::Null } else { Kind::Data };
         s.fp = pk.fp;
         s.pkt = Some(pk.bytes.clone());
-        s.pid = u16::from(pk.bytes[1] & 0x1f) << 8 | u16::from(pk.bytes[2]);
+        s.pid = pk.pid;
         s.same_prev = same_prev;
         s.created_ns = t;
         s.legs = 1 << li;
@@ -1805,14 +1808,12 @@ impl ContentMerger {
                 }
             }
         }
-        for (i, p) in pk.iter().enumerate().filter(|(_, p)| !p.null) {
-            let b = &p.bytes;
-            if b[3] & 0x10 != 0 {
-                let pid = (usize::from(b[1] & 0x1f) << 8) | usize::from(b[2]);
+        for (i, p) in pk.iter().enumerate() {
+            if !p.null && p.cc != NO_CC {
                 let pos = q + i as u64;
-                let e = &mut self.legs[li].last_cc[pid];
+                let e = &mut self.legs[li].last_cc[usize::from(p.pid)];
                 if *e == NONE || *e >> 4 < pos {
-                    *e = pos << 4 | u64::from(b[3] & 15);
+                    *e = pos << 4 | u64::from(p.cc);
                 }
             }
         }
@@ -2002,10 +2003,7 @@ impl ContentMerger {
         }
         for (d, q) in pre.iter().zip(at) {
             match q {
-                Some(q) => {
-                    self.make_room(q);
-                    self.put(now_ns, li, d.t, q, &d.pk);
-                }
+                Some(q) => self.put(now_ns, li, d.t, q, &d.pk),
                 None => self.stats.legs[li].dropped += d.pk.len() as u64,
             }
         }
@@ -2149,25 +2147,24 @@ impl ContentMerger {
         let Some(s) = self.slot(p) else {
             return;
         };
-        let (legs, creator, kind) = (s.legs, s.creator as usize, s.kind);
-        // Released: the bytes leave (history keeps the kind and fingerprint only).
+        let (legs, creator, kind, pid) = (s.legs, s.creator as usize, s.kind, usize::from(s.pid));
+        // Released: the bytes leave (history keeps the kind, fingerprint and PID).
         let Some(pkt) = self.slots[(p & self.mask) as usize].pkt.take() else {
             return;
         };
-        if kind == Kind::Data {
-            let pid = (usize::from(pkt[1] & 0x1f) << 8) | usize::from(pkt[2]);
-            if pkt[3] & 0x10 != 0 {
-                let cc = pkt[3] & 0x0f;
-                let last = self.out_cc[pid];
-                let disc = pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x80 != 0;
-                if last != NO_CC && !disc {
-                    let d = cc.wrapping_sub(last) & 0x0f;
-                    if d > 1 {
-                        self.stats.unrecovered += u64::from(d - 1);
-                    }
+        if kind == Kind::Data
+            && let Some(t) = TsPacket::try_new(&pkt)
+            && t.has_payload()
+        {
+            let cc = t.cc().0;
+            let last = self.out_cc[pid];
+            if last != NO_CC && !t.discontinuity() {
+                let d = cc.wrapping_sub(last) & 0x0f;
+                if d > 1 {
+                    self.stats.unrecovered += u64::from(d - 1);
                 }
-                self.out_cc[pid] = cc;
             }
+            self.out_cc[pid] = cc;
         }
         if legs.count_ones() == 1
             && (0..self.legs.len())
