@@ -784,7 +784,7 @@ fn regression_seed_11441498026082498328() {
 /// packets per datagram, 2 % loss per leg, leg 1 30 ms late, and arrival jitter: 0..`jit_us`
 /// per datagram plus stalls (a leg's datagrams held back for 1..`stall_ms` and delivered
 /// together) now and then.
-fn jittery(seed: u64, jit_us: u64, stall_ms: u64) -> (Vec<Bytes>, Vec<bool>, Sim) {
+fn jittery(seed: u64, jit_us: u64, stall_ms: u64, tail_us: u64) -> (Vec<Bytes>, Vec<bool>, Sim) {
     let pkts = real("h264_aac.ts", 10_692);
     let spacing = Duration::from_nanos(188_000);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -802,6 +802,9 @@ fn jittery(seed: u64, jit_us: u64, stall_ms: u64) -> (Vec<Bytes>, Vec<bool>, Sim
             let first = d * 7;
             let sent = spacing * (first + chunk.len()) as u32 + ms(1);
             let mut at = sent + delay + Duration::from_micros(rng.u64(0..=jit_us));
+            if tail_us > 0 && rng.f64() < 0.03 {
+                at += Duration::from_micros(rng.u64(0..=tail_us));
+            }
             if stall_ms > 0 && at > stall_until && rng.f64() < 0.005 {
                 stall_until = at + Duration::from_micros(rng.u64(1000..=stall_ms * 1000));
             }
@@ -825,7 +828,7 @@ fn jittery(seed: u64, jit_us: u64, stall_ms: u64) -> (Vec<Bytes>, Vec<bool>, Sim
 #[test]
 fn real_timing_with_jitter() {
     for seed in 1..=5 {
-        let (pkts, got, sim) = jittery(seed, 100, 0);
+        let (pkts, got, sim) = jittery(seed, 100, 0, 0);
         let v = verdict(&sim.out, &expected(&pkts, &got), &pkts);
         let s = sim.m.stats();
         eprintln!(
@@ -843,7 +846,7 @@ fn real_timing_with_jitter() {
 #[test]
 fn real_timing_with_stalls() {
     for seed in 1..=5 {
-        let (pkts, got, sim) = jittery(seed, 100, 4);
+        let (pkts, got, sim) = jittery(seed, 100, 4, 0);
         let v = verdict(&sim.out, &expected(&pkts, &got), &pkts);
         let s = sim.m.stats();
         eprintln!(
@@ -1128,6 +1131,7 @@ fn jitter_sweep() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
+    let tail = env("TAIL", 0);
     let (jit, stall, seeds, max_bad) = (
         env("JIT", 250),
         env("STALL", 0),
@@ -1136,7 +1140,7 @@ fn jitter_sweep() {
     );
     let mut bad = Vec::new();
     for seed in 1..=seeds {
-        let (pkts, got, sim) = jittery(seed, jit, stall);
+        let (pkts, got, sim) = jittery(seed, jit, stall, tail);
         let want = expected(&pkts, &got);
         if sim.out != want {
             bad.push((
@@ -1147,7 +1151,7 @@ fn jitter_sweep() {
         }
     }
     eprintln!(
-        "jitter {jit} us, stalls up to {stall} ms: {} of {seeds} seeds not identical (seed, first difference, extra packets): {bad:?}",
+        "jitter {jit} us, tail {tail} us, stalls up to {stall} ms: {} of {seeds} seeds not identical (seed, first difference, extra packets): {bad:?}",
         bad.len()
     );
     assert!(bad.len() as u64 <= max_bad, "{} > {max_bad}", bad.len());
