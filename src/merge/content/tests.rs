@@ -782,8 +782,8 @@ fn regression_seed_11441498026082498328() {
 
 /// Real timing, like the loopback test: `h264_aac.ts` at 4× speed (188 µs per packet), 7
 /// packets per datagram, 2 % loss per leg, leg 1 30 ms late, and arrival jitter: 0..`jit_us`
-/// per datagram plus stalls (a leg's datagrams held back for 1..`stall_ms` and delivered
-/// together) now and then.
+/// per datagram, on 3 % of datagrams up to `tail_us` more (a heavy tail), plus stalls (a
+/// leg's datagrams held back for 1..`stall_ms` and delivered together) now and then.
 fn jittery(seed: u64, jit_us: u64, stall_ms: u64, tail_us: u64) -> (Vec<Bytes>, Vec<bool>, Sim) {
     let pkts = real("h264_aac.ts", 10_692);
     let spacing = Duration::from_nanos(188_000);
