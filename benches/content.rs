@@ -17,6 +17,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hitless::merge::LegId;
 use hitless::merge::content::{ContentConfig, ContentMerger};
+use hitless::ts::{NULL_PID, TsPacket};
 
 const PACKETS: usize = 1_000_000;
 const PER_DATAGRAM: usize = 7;
@@ -129,7 +130,7 @@ fn check(pkts: &[Bytes], got: &[bool], ev: &[(Duration, LegId, Bytes)]) {
         .filter(|&&i| got[i] && !seen[i])
         .count();
     // Nulls too: the output must be the delivered packets exactly, nulls included.
-    let is_null = |p: &Bytes| p[1] & 0x1f == 0x1f && p[2] == 0xff;
+    let is_null = |p: &Bytes| TsPacket::try_new(p).is_some_and(|t| t.pid() == NULL_PID);
     let want: Vec<&Bytes> = pkts
         .iter()
         .zip(got)
