@@ -161,6 +161,9 @@ use bytes::Bytes;
 use super::LegId;
 use crate::ts::{NULL_PID, PACKET_LEN, TsPacket};
 
+mod ruler;
+use ruler::Ruler;
+
 /// A gap of this many packet slots or more (by time) on a leg is a jump: the leg re-anchors.
 pub const JUMP_PACKETS: u64 = 1024;
 /// Non-null packets matching the timeline at consistent positions that anchor a leg.
@@ -181,6 +184,8 @@ const PIN_SAMPLES: usize = 31;
 const CHAIN_LOOK: usize = 64;
 /// Non-null packets of a datagram whose fingerprints are looked up for candidates.
 const LOOKUPS: usize = 4;
+/// How far (packets) the PCR ruler may place a datagram from its time estimate.
+const RULER_REACH: u64 = 64;
 /// Conflicting datagrams in a row that unanchor a leg.
 const CONFLICTS_MAX: u32 = 3;
 const NONE: u64 = u64::MAX;
@@ -260,6 +265,8 @@ pub struct ContentStats {
     /// Datagrams with no content match whose estimated place held other packets: positions
     /// were inserted (a time estimate on some leg was wrong).
     pub conflicts: u64,
+    /// Datagrams with no content match placed where their PCR says (constant-rate mux).
+    pub pcr_placed: u64,
 }
 
 /// Something the glue may want to act on.
@@ -354,6 +361,8 @@ struct Pk {
     /// Continuity counter, [`NO_CC`] without payload.
     cc: u8,
     null: bool,
+    /// Program clock reference (27 MHz), [`NONE`] without one (or on a discontinuity).
+    pcr: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -533,9 +542,15 @@ struct Leg {
     /// Size of its recent datagrams (TS packets) and how many in a row had it.
     size: usize,
     size_run: usize,
+    /// The one size its datagrams have (0: none): set after [`FIXED_SIZE_RUN`] of one size
+    /// in a row, kept through a single datagram of another size (a stream's last one),
+    /// cleared by two in a row.
+    fixed: usize,
     /// Per PID: `position << 4 | CC` of the highest-placed packet with payload this leg
     /// delivered (`NONE`: none since anchoring). See [`ContentMerger::cc_consistent`].
     last_cc: Box<[u64]>,
+    /// (position, PCR) of the last PCR packet this leg placed (the ruler learns from pairs).
+    last_pcr: Option<(u64, u64)>,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -568,6 +583,10 @@ pub struct ContentMerger {
     pin_samples: [f64; PIN_SAMPLES],
     pin_at: usize,
     pin_spacing: f64,
+    /// Exact positions of PCR packets on a constant-rate mux (see [`ruler`]).
+    ruler: Ruler,
+    /// Held datagrams being flushed: `place` places, never holds.
+    no_hold: bool,
     /// Slots filled now are soft (see [`Slot::soft`]).
     soft_put: bool,
     /// While placing held datagrams of this leg: other legs' soft nulls give way to data.
@@ -649,7 +668,9 @@ impl ContentMerger {
                     fwd: BASE_POS,
                     size: 0,
                     size_run: 0,
+                    fixed: 0,
                     last_cc: vec![NONE; 8192].into_boxed_slice(),
+                    last_pcr: None,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -662,6 +683,8 @@ impl ContentMerger {
             pin_samples: [0.0; PIN_SAMPLES],
             pin_at: 0,
             pin_spacing: 0.0,
+            ruler: Ruler::default(),
+            no_hold: false,
             soft_put: false,
             soft_ok: None,
             stats: ContentStats {
@@ -701,6 +724,7 @@ impl ContentMerger {
                     pid: t.pid().0,
                     cc: if t.has_payload() { t.cc().0 } else { NO_CC },
                     null,
+                    pcr: t.pcr().filter(|_| !t.discontinuity()).unwrap_or(NONE),
                 });
             }
             off += PACKET_LEN;
@@ -718,6 +742,11 @@ impl ContentMerger {
             } else {
                 l.size = count;
                 l.size_run = 1;
+            }
+            if l.size_run >= FIXED_SIZE_RUN {
+                l.fixed = l.size;
+            } else if l.size_run >= 2 && l.size != l.fixed {
+                l.fixed = 0;
             }
             if let Some(last) = l.last_arrival
                 && now_ns > last
@@ -1128,6 +1157,7 @@ impl ContentMerger {
         if self.hi > c {
             self.hi += m;
         }
+        self.ruler.shift(c, m);
         for l in &mut self.legs {
             for e in l
                 .last_cc
@@ -1145,6 +1175,11 @@ impl ContentMerger {
                 *rp += m;
             }
             l.slope.shift(c, m);
+            if let Some((p, _)) = &mut l.last_pcr
+                && *p >= c
+            {
+                *p += m;
+            }
         }
     }
 
@@ -1165,9 +1200,9 @@ impl ContentMerger {
     /// are multiples of that size (so a jitter of up to half a datagram is harmless).
     fn gap_round(&self, li: usize, g: f64) -> u64 {
         let l = &self.legs[li];
-        if l.size_run >= FIXED_SIZE_RUN && l.size > 1 {
+        if l.fixed > 1 {
             // The line errs late: a datagram counts as lost from 0.6 of its time on.
-            let k = l.size as f64;
+            let k = l.fixed as f64;
             return ((g / k + 0.4).floor().max(0.0) * k) as u64;
         }
         // The arrival line is a lower envelope: the estimate errs late, never early.
@@ -1268,6 +1303,15 @@ impl ContentMerger {
 
     // ---- placing ----
 
+    /// Where the PCR ruler puts a datagram: from its first PCR packet.
+    fn ruler_at(&mut self, pk: &[Pk]) -> Option<u64> {
+        let (i, p) = pk
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.pcr != NONE && self.ruler.follows(p.pid))?;
+        self.ruler.position(p.pcr)?.checked_sub(i as u64)
+    }
+
     /// Time estimate of the position of a datagram of `k` packets arriving at `t` right
     /// after position `base` on leg `li`: (raw gap, rounded gap).
     ///
@@ -1323,7 +1367,14 @@ impl ContentMerger {
             self.unanchor(li);
             return false;
         }
-        let q_est = base + gap;
+        // A PCR packet on a constant-rate mux says exactly where the datagram goes: after
+        // the leg's cursor and what it holds (FIFO), and within reach of its time estimate
+        // (else the PCR jumped).
+        let held_len: u64 = self.legs[li].held.iter().map(|h| h.pk.len() as u64).sum();
+        let exact = self
+            .ruler_at(pk)
+            .filter(|&x| x >= next + held_len && x.abs_diff(base + gap) <= RULER_REACH);
+        let q_est = exact.unwrap_or(base + gap);
         let has_data = pk.iter().any(|p| !p.null);
         // Content: the estimated position first, then the index.
         let mut near: Option<u64> = None;
@@ -1362,8 +1413,16 @@ impl ContentMerger {
                 }
             }
         }
+        if near.is_none()
+            && far.is_none()
+            && let Some(x) = exact
+            && self.validate(x, pk).is_some()
+        {
+            self.stats.pcr_placed += 1;
+            near = Some(x);
+        }
         if let Some(q) = near {
-            let q = self.resolve_held(now_ns, li, q, t, k);
+            let q = self.resolve_held(now_ns, li, q, t, pk);
             // Measure the time estimate against content.
             let next = self.legs[li].next;
             let known = self.spacing(li) > 0.0;
@@ -1392,8 +1451,15 @@ impl ContentMerger {
             self.put(now_ns, li, t, q, pk);
             return true;
         }
-        if far.is_none() && self.legs[li].held.is_empty() && q_est >= self.hi {
-            // At the front: nothing to collide with.
+        // At the front: nothing to collide with. But where the PCR ruler works, a datagram
+        // that seems to follow a loss waits for the leg's next PCR packet: a late arrival
+        // and a loss read alike, the PCR tells them apart.
+        if self.no_hold
+            || far.is_none()
+                && self.legs[li].held.is_empty()
+                && q_est >= self.hi
+                && (gap == 0 || !self.ruler.ready())
+        {
             return self.place_by_time(now_ns, li, t, pk);
         }
         let l = &mut self.legs[li];
@@ -1410,7 +1476,7 @@ impl ContentMerger {
         let early = self.legs[li].held.iter().any(|h| h.early);
         if let Some((qf, _)) = far
             && self.legs[li].held.len() >= 2
-            && let Some((pos, _)) = self.chain_back(now_ns, li, qf, t, k, true)
+            && let Some((pos, _)) = self.chain_back(now_ns, li, qf, t, k, None, true)
             && early
         {
             let mut held = std::mem::take(&mut self.legs[li].held);
@@ -1438,6 +1504,7 @@ impl ContentMerger {
     /// (another leg's positions moved) stays before the next neighbour. `None` if they do
     /// not fit or contradict the timeline; with `skip_last`, also unless one of them matches
     /// content (confirmation of a far copy). Also how many matched content.
+    #[allow(clippy::too_many_arguments)]
     fn chain_back(
         &mut self,
         now_ns: u64,
@@ -1445,9 +1512,11 @@ impl ContentMerger {
         q: u64,
         t: u64,
         k: usize,
+        succ: Option<&[Pk]>,
         skip_last: bool,
     ) -> Option<(Vec<u64>, usize)> {
         let n = self.legs[li].held.len() - usize::from(skip_last);
+        let cons = self.cc_constraints(li, n, succ);
         let next = self.legs[li].next;
         let s = self.spacing(li);
         // gaps[j]: before held j (j < n); gaps[n]: before the successor.
@@ -1468,6 +1537,14 @@ impl ContentMerger {
             if s > 0.0 {
                 gaps[j] = self.gap_round(li, ct.saturating_sub(pt) as f64 / s - ck as f64);
             }
+        }
+        // At the front (nothing between the cursor and the successor): the arrival line.
+        if succ.is_some()
+            && !skip_last
+            && (next..q).all(|x| self.slot(x).is_none())
+            && let Some(pos) = self.line_chain(li, n, q, &cons)
+        {
+            return Some((pos, 0));
         }
         // Content first.
         let mut fixed: Vec<Option<u64>> = vec![None; n];
@@ -1511,14 +1588,44 @@ impl ContentMerger {
             let sizes: u64 = held[j..e].iter().map(|h| h.pk.len() as u64).sum();
             let room = end.checked_sub(start)?.checked_sub(sizes)?;
             let g = &mut gaps[j..=e];
+            let step = if self.legs[li].fixed > 0 {
+                self.legs[li].fixed as u64
+            } else {
+                1
+            };
+            // The leg's continuity counters within this run (local gap indexes).
+            let local: Vec<(usize, usize, u64)> = cons
+                .iter()
+                .filter(|c| c.0 >= j && c.1 <= e)
+                .map(|c| (c.0 - j, c.1 - j, c.2))
+                .collect();
+            // Packets the counters say were lost in a range of gaps that time does not
+            // give: to the range's largest gap.
+            for &(a, b, need) in &local {
+                let have: u64 = g[a..=b].iter().sum();
+                if need > have {
+                    let i = (a..=b).rev().max_by_key(|&i| g[i]).unwrap_or(a);
+                    g[i] += (need - have).div_ceil(step) * step;
+                }
+            }
             // Too much: a stall delayed a datagram (its gap is too large) and bunched the
             // next ones (their gaps read zero), so where the real loss lies among them is
-            // unknown: the largest gaps give way entirely, and what room remains is placed
-            // like unexplained room below.
+            // unknown by time: the largest gaps give way entirely, those the counters need
+            // last; what room remains is placed like unexplained room below.
             let mut total: u64 = g.iter().sum();
             while total > room {
-                let (i, v) = g.iter().enumerate().max_by_key(|(_, v)| **v)?;
-                total -= *v;
+                let needed = |g: &[u64], i: usize| {
+                    local.iter().any(|&(a, b, need)| {
+                        need > 0 && a <= i && i <= b && g[a..=b].iter().sum::<u64>() - g[i] < need
+                    })
+                };
+                let pick = |pred: &dyn Fn(usize) -> bool| {
+                    (0..g.len())
+                        .filter(|&i| g[i] > 0 && pred(i))
+                        .max_by_key(|&i| g[i])
+                };
+                let i = pick(&|i| !needed(g, i)).or_else(|| pick(&|_| true))?;
+                total -= g[i];
                 g[i] = 0;
             }
             // Room the leg's times do not explain (another leg's positions moved): at the
@@ -1527,11 +1634,6 @@ impl ContentMerger {
             let slack = room - total;
             // One split point (all the room there), or, for a few datagrams, two (the room
             // shared: two stalls on another leg); step: the leg's datagram size if fixed.
-            let step = if self.legs[li].size_run >= FIXED_SIZE_RUN && self.legs[li].size > 0 {
-                self.legs[li].size as u64
-            } else {
-                1
-            };
             let mut layouts: Vec<(usize, usize, u64)> =
                 (j..=e).rev().map(|s| (s, s, slack)).collect();
             if slack > 0 && e - j <= 8 && slack / step <= 16 {
@@ -1588,9 +1690,113 @@ impl ContentMerger {
         (!skip_last || matched > 0).then_some((pos, matched))
     }
 
+    /// Positions of the held datagrams `0..n` of a leg at the front, between its cursor and a
+    /// successor placed exactly at `q` (by its PCR): each as late as its arrival line allows
+    /// (the line errs late only, so a datagram that came on time is placed exactly) and
+    /// before its successor (so a late one goes right before the next on-time one). `None`
+    /// if that contradicts the cursor or the leg's continuity counters (`cons`).
+    fn line_chain(
+        &self,
+        li: usize,
+        n: usize,
+        q: u64,
+        cons: &[(usize, usize, u64)],
+    ) -> Option<Vec<u64>> {
+        let l = &self.legs[li];
+        let (rt, rp) = l.line?;
+        // Only with the long-baseline spacing: the line is extrapolated over many packets.
+        let s = l.slope.s;
+        if s <= 0.0 {
+            return None;
+        }
+        let next = l.next;
+        let mut pos = vec![0u64; n];
+        let mut ub = q;
+        for j in (0..n).rev() {
+            let h = &l.held[j];
+            let k = h.pk.len() as u64;
+            let g = rp as f64 + (h.t as f64 - rt) / s - k as f64 - next as f64;
+            ub = ub.checked_sub(k)?.min(next + self.gap_round(li, g));
+            pos[j] = ub;
+        }
+        let mut end = next;
+        let mut gaps = vec![0u64; n + 1];
+        for j in 0..n {
+            gaps[j] = pos[j].checked_sub(end)?;
+            end = pos[j] + l.held[j].pk.len() as u64;
+        }
+        gaps[n] = q.checked_sub(end)?;
+        cons.iter()
+            .all(|&(a, b, need)| gaps[a..=b].iter().sum::<u64>() >= need)
+            .then_some(pos)
+    }
+
+    /// What the leg's continuity counters say about the gaps before its held datagrams
+    /// `0..n` and the successor `succ` (gap `j` lies before datagram `j`, the successor is
+    /// datagram `n`): `(a, b, lost)`, at least `lost` packets were lost in gaps `a..=b`.
+    /// For each PID, its first packet with payload in a datagram against the leg's previous
+    /// packet of it: in an earlier held datagram, or placed (only when the leg's own packets
+    /// of other PIDs fill the positions from there to its cursor).
+    fn cc_constraints(&self, li: usize, n: usize, succ: Option<&[Pk]>) -> Vec<(usize, usize, u64)> {
+        let l = &self.legs[li];
+        let dg = |j: usize| -> Option<&[Pk]> { if j < n { Some(&l.held[j].pk) } else { succ } };
+        let mut out = Vec::new();
+        for j in 0..=n {
+            let Some(pk) = dg(j) else { continue };
+            for (i, p) in pk.iter().enumerate() {
+                if p.null || p.cc == NO_CC || pk[..i].iter().any(|x| x.pid == p.pid) {
+                    continue;
+                }
+                if TsPacket::try_new(&p.bytes).is_none_or(|t| t.discontinuity()) {
+                    continue;
+                }
+                let prev = (0..j).rev().find_map(|jj| {
+                    dg(jj)?
+                        .iter()
+                        .rev()
+                        .find(|x| x.pid == p.pid && x.cc != NO_CC)
+                        .map(|x| (jj, x.cc))
+                });
+                match prev {
+                    Some((jj, c0)) => {
+                        let d = u64::from(p.cc.wrapping_sub(c0).wrapping_sub(1) & 15);
+                        if d > 0 {
+                            out.push((jj + 1, j, d));
+                        }
+                    }
+                    None => {
+                        let e = l.last_cc[usize::from(p.pid)];
+                        if e == NONE || e >> 4 >= l.next {
+                            continue;
+                        }
+                        let (p0, c0) = (e >> 4, (e & 15) as u8);
+                        // Only when the leg's own packets fill the positions since then: the
+                        // lost ones all lie after its cursor.
+                        if l.next - p0 > 4096
+                            || (p0 + 1..l.next).any(|x| {
+                                self.slot(x).is_none_or(|s| {
+                                    s.legs & (1 << li) == 0
+                                        || s.kind == Kind::Data && s.pid == p.pid
+                                })
+                            })
+                        {
+                            continue;
+                        }
+                        let d = u64::from(p.cc.wrapping_sub(c0).wrapping_sub(1) & 15);
+                        if d > 0 {
+                            out.push((0, j, d));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// A datagram was placed by content at `q`: place what the leg held before it, backwards
     /// from it, or (if they do not fit) by time.
-    fn resolve_held(&mut self, now_ns: u64, li: usize, q: u64, t: u64, k: usize) -> u64 {
+    fn resolve_held(&mut self, now_ns: u64, li: usize, q: u64, t: u64, pk: &[Pk]) -> u64 {
+        let k = pk.len();
         if self.legs[li].held.is_empty() {
             return q;
         }
@@ -1598,7 +1804,7 @@ impl ContentMerger {
         // Nulls another leg placed by time after a gap (soft) may be its copies of this leg's
         // null datagrams misplaced by a stall: they give way to this leg's data.
         self.soft_ok = Some(li);
-        let mut chain = self.chain_back(now_ns, li, q, t, k, false);
+        let mut chain = self.chain_back(now_ns, li, q, t, k, Some(pk), false);
         if chain.is_none() {
             // They came before it on a FIFO leg: if the positions before it are too few (a
             // time estimate on another leg was short), make room right before it.
@@ -1608,7 +1814,7 @@ impl ContentMerger {
                 self.stats.conflicts += 1;
                 self.insert(q, sizes - room);
                 q += sizes - room;
-                chain = self.chain_back(now_ns, li, q, t, k, false);
+                chain = self.chain_back(now_ns, li, q, t, k, Some(pk), false);
             }
         }
         match chain {
@@ -1657,9 +1863,17 @@ impl ContentMerger {
                         }
                     }
                 }
-                for (h, p) in held.iter().zip(pos) {
+                // A null datagram next to room (a loss on either side) is where time put
+                // it, nothing proves that side: soft.
+                let mut end = start;
+                for (j, (h, &p)) in held.iter().zip(&pos).enumerate() {
+                    let after = pos.get(j + 1).copied().unwrap_or(q);
+                    let k = h.pk.len() as u64;
+                    self.soft_put = (p > end || after > p + k) && h.pk.iter().all(|x| x.null);
                     self.put(now_ns, li, h.t, p, &h.pk);
+                    end = p + k;
                 }
+                self.soft_put = false;
                 self.soft_ok = None;
             }
             None => {
@@ -1693,15 +1907,18 @@ impl ContentMerger {
         }
         let held = std::mem::take(&mut self.legs[li].held);
         let mut rest = held.into_iter();
+        // Content first (another leg may have delivered them meanwhile), else by time.
+        self.no_hold = true;
         for h in rest.by_ref() {
             if !self.legs[li].anchored {
                 self.rebuffer(li, h.t, h.pk);
                 continue;
             }
-            if !self.place_by_time(now_ns, li, h.t, &h.pk) {
+            if !self.place(now_ns, li, h.t, &h.pk) {
                 self.rebuffer(li, h.t, h.pk);
             }
         }
+        self.no_hold = false;
         self.legs[li].anchored
     }
 
@@ -1799,9 +2016,15 @@ impl ContentMerger {
     fn put(&mut self, now_ns: u64, li: usize, t: u64, q: u64, pk: &[Pk]) {
         let bit = 1u32 << li;
         let mut agreed = false;
+        // The datagram's PCR packet: (position, PCR, a copy of a packet already placed).
+        let mut pcr = None;
         for (i, p) in pk.iter().enumerate() {
             let pos = q + i as u64;
-            match self.fits(pos, p) {
+            let fits = self.fits(pos, p);
+            if p.pcr != NONE && pcr.is_none() && fits.is_some() && self.ruler.follows(p.pid) {
+                pcr = Some((pos, p.pcr, fits == Some(true)));
+            }
+            match fits {
                 Some(true) => {
                     let window = self.window_ns;
                     let out = self.out;
@@ -1846,6 +2069,26 @@ impl ContentMerger {
                 if *e == NONE || *e >> 4 < pos {
                     *e = pos << 4 | u64::from(p.cc);
                 }
+            }
+        }
+        if let Some((pos, c, copy)) = pcr
+            && pos >= self.out
+        {
+            if let Some(prev) = self.legs[li].last_pcr
+                && prev.0 < pos
+            {
+                self.ruler.learn(prev, (pos, c));
+            }
+            self.legs[li].last_pcr = Some((pos, c));
+            // The reference follows the timeline where nothing else says where the PCR is,
+            // or where content proved another place (a copy): the timeline is what the
+            // output follows.
+            // A fresh packet placed elsewhere than the ruler says was placed by time: the
+            // ruler stays, unless that keeps happening (the PCR jumped without a
+            // discontinuity flag, e.g. a looped file).
+            match self.ruler.position(c) {
+                Some(x) if x != pos && !copy => self.ruler.contradicted(pos, c),
+                _ => self.ruler.rebase(pos, c),
             }
         }
         let s = self.spacing(li);
@@ -2050,6 +2293,7 @@ impl ContentMerger {
         l.line = None;
         l.slope = Slope::default();
         l.last_cc.fill(NONE);
+        l.last_pcr = None;
         l.conflicts = 0;
         l.unaligned_since = None;
         l.diverged = false;
