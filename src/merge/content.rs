@@ -161,7 +161,9 @@ use bytes::Bytes;
 use super::LegId;
 use crate::ts::{NULL_PID, PACKET_LEN, TsPacket};
 
+pub mod capture;
 mod ruler;
+use capture::Capture;
 use ruler::Ruler;
 
 /// A gap of this many packet slots or more (by time) on a leg is a jump: the leg re-anchors.
@@ -587,6 +589,8 @@ pub struct ContentMerger {
     ruler: Ruler,
     /// Held datagrams being flushed: `place` places, never holds.
     no_hold: bool,
+    /// Inputs recorded for replay (see [`capture`]).
+    capture: Option<Capture>,
     /// Slots filled now are soft (see [`Slot::soft`]).
     soft_put: bool,
     /// While placing held datagrams of this leg: other legs' soft nulls give way to data.
@@ -685,6 +689,7 @@ impl ContentMerger {
             pin_spacing: 0.0,
             ruler: Ruler::default(),
             no_hold: false,
+            capture: None,
             soft_put: false,
             soft_ok: None,
             stats: ContentStats {
@@ -700,6 +705,9 @@ impl ContentMerger {
     /// `poll_event`, and re-read `poll_timeout`.
     pub fn push(&mut self, now: Instant, leg: LegId, payload: &Bytes) {
         let li = leg.0;
+        if let Some(c) = &mut self.capture {
+            c.push(now, li, payload);
+        }
         if li >= self.legs.len() {
             return;
         }
@@ -782,6 +790,12 @@ impl ContentMerger {
         self.advance(now_ns);
     }
 
+    /// Record every input from now on (see [`capture`]): a replay of the capture reproduces
+    /// this merger's output.
+    pub fn capture(&mut self, c: Capture) {
+        self.capture = Some(c);
+    }
+
     /// Next merged TS packet (188 bytes), in stream order, or `None`. Drain after every `push`
     /// and `handle_timeout`.
     pub fn poll_output(&mut self, _now: Instant) -> Option<Bytes> {
@@ -824,6 +838,9 @@ impl ContentMerger {
     /// Process everything due at `now`: lost legs, divergence, positions whose window passed.
     /// Harmless to call early or often.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(c) = &mut self.capture {
+            c.timeout(now);
+        }
         let Some(base) = self.base else {
             return;
         };
@@ -1192,7 +1209,15 @@ impl ContentMerger {
             // is only a replay right after anchoring; content decides there.
             return 0.0;
         }
-        t.saturating_sub(from) as f64 / s - k as f64
+        t.saturating_sub(from) as f64 / s - self.timed_len(li, k) as f64
+    }
+
+    /// Packets a datagram of `k` counts for in a time estimate: a short datagram on a leg of
+    /// fixed-size datagrams (a stream's last one) as a full one, since a sender paced by
+    /// datagram may send it a full datagram's time after the previous one (a loss of its
+    /// missing packets is then not seen by time; content finds it).
+    fn timed_len(&self, li: usize, k: usize) -> usize {
+        k.max(self.legs[li].fixed)
     }
 
     /// Gap rounded, with the leg's dead band (its measured estimation error).
@@ -1312,31 +1337,45 @@ impl ContentMerger {
         self.ruler.position(p.pcr)?.checked_sub(i as u64)
     }
 
-    /// Time estimate of the position of a datagram of `k` packets arriving at `t` right
-    /// after position `base` on leg `li`: (raw gap, rounded gap).
+    /// Time estimate of the position of datagram `pk` arriving at `t` right after position
+    /// `base` on leg `li`: (raw gap, rounded gap).
     ///
     /// Both the leg's arrival line and its previous datagram (arrived at `prev_t`, ending at
     /// `base`) estimate it; a stall delays a datagram and bunches the next ones, making the
     /// line estimate too late for all of them and the previous-datagram estimate for the
     /// first only, so the smaller one is taken.
+    ///
+    /// A short datagram on a fixed-size leg: its time reads as a full one's (see
+    /// `timed_len`) or as its own, depending on how the sender paces; where the two
+    /// disagree, the leg's continuity counters say whether it lost packets before it.
     fn forward_gap(
         &self,
         li: usize,
         base: u64,
         prev_t: Option<u64>,
         t: u64,
-        k: usize,
+        pk: &[Pk],
     ) -> (f64, u64) {
+        let k = pk.len();
         let s = self.spacing(li);
         let prev = prev_t.map(|lt| self.gap_est(li, lt, t, k));
         let g_raw = match self.legs[li].line {
             Some((rt, rp)) if s > 0.0 => {
-                let line = rp as f64 + (t as f64 - rt) / s - k as f64 - base as f64;
+                let line =
+                    rp as f64 + (t as f64 - rt) / s - self.timed_len(li, k) as f64 - base as f64;
                 prev.map_or(line, |p| p.min(line))
             }
             _ => prev.unwrap_or(0.0),
         };
-        (g_raw, self.gap_round(li, g_raw))
+        let mut gap = self.gap_round(li, g_raw);
+        let fixed = self.legs[li].fixed;
+        if k < fixed && base == self.legs[li].next {
+            let own = self.gap_round(li, g_raw + (fixed - k) as f64);
+            if own != gap && !self.cc_constraints(li, 0, Some(pk)).is_empty() {
+                gap = gap.max(own);
+            }
+        }
+        (g_raw, gap)
     }
 
     /// Place a datagram of anchored leg `li` that arrived at `t`. Returns false if the leg
@@ -1362,7 +1401,7 @@ impl ContentMerger {
             Some(h) => Some(h.t),
             None => self.legs[li].last_t,
         };
-        let (g_raw, gap) = self.forward_gap(li, base, prev_t, t, k);
+        let (g_raw, gap) = self.forward_gap(li, base, prev_t, t, pk);
         if gap >= JUMP_PACKETS && self.other_live_anchored(li) {
             self.unanchor(li);
             return false;
@@ -1524,7 +1563,7 @@ impl ContentMerger {
         if n > 0 {
             let h = &self.legs[li].held[0];
             let last_t = self.legs[li].last_t;
-            gaps[0] = self.forward_gap(li, next, last_t, h.t, h.pk.len()).1;
+            gaps[0] = self.forward_gap(li, next, last_t, h.t, &h.pk).1;
         }
         for j in 1..=n {
             let held = &self.legs[li].held;
@@ -1535,7 +1574,10 @@ impl ContentMerger {
                 (t, k)
             };
             if s > 0.0 {
-                gaps[j] = self.gap_round(li, ct.saturating_sub(pt) as f64 / s - ck as f64);
+                gaps[j] = self.gap_round(
+                    li,
+                    ct.saturating_sub(pt) as f64 / s - self.timed_len(li, ck) as f64,
+                );
             }
         }
         // At the front (nothing between the cursor and the successor): the arrival line.
@@ -1715,7 +1757,9 @@ impl ContentMerger {
         for j in (0..n).rev() {
             let h = &l.held[j];
             let k = h.pk.len() as u64;
-            let g = rp as f64 + (h.t as f64 - rt) / s - k as f64 - next as f64;
+            let g = rp as f64 + (h.t as f64 - rt) / s
+                - self.timed_len(li, h.pk.len()) as f64
+                - next as f64;
             ub = ub.checked_sub(k)?.min(next + self.gap_round(li, g));
             pos[j] = ub;
         }
@@ -1939,7 +1983,7 @@ impl ContentMerger {
         let k = pk.len();
         let next = self.legs[li].next;
         let last_t = self.legs[li].last_t;
-        let (_, gap) = self.forward_gap(li, next, last_t, t, k);
+        let (_, gap) = self.forward_gap(li, next, last_t, t, pk);
         let q_est = next + gap;
         if gap > 0 {
             self.stats.time_placed += 1;

@@ -32,6 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -109,6 +110,24 @@ impl SourceMeter for Meter<'_> {
 
 /// What the switch is told about a source's rules: the first failing rule, except
 /// `unrecovered-packets`, which only raises an alarm (see the module docs).
+/// Record the merger's inputs to `<dir>/<channel>.cmcap` (`HITLESS_CONTENT_CAPTURE`, a
+/// diagnostic: see [`crate::merge::content::capture`]). A failure is logged, not fatal.
+fn start_capture(m: &mut ContentMerger, mc: &ContentConfig, dir: &Path, channel: &str) {
+    let path = dir.join(format!("{channel}.cmcap"));
+    let started = std::fs::File::create(&path).and_then(|f| {
+        crate::merge::content::capture::Capture::new(Box::new(io::BufWriter::new(f)), mc)
+    });
+    match started {
+        Ok(c) => {
+            m.capture(c);
+            tracing::info!(channel, path = %path.display(), "content-merge input capture started");
+        }
+        Err(e) => {
+            tracing::warn!(channel, path = %path.display(), error = %e, "content-merge input capture not started")
+        }
+    }
+}
+
 fn switch_verdict(rules: &SourceRules) -> Option<Condition> {
     rules.failing_except(Condition::UnrecoveredPackets)
 }
@@ -202,12 +221,17 @@ impl SwitchChannel {
                 rap_max_wait: cfg.rap_max_wait,
                 rap_wait: None,
                 merge: (cfg.mode == Mode::ContentMerge).then(|| {
-                    ContentMerger::new(ContentConfig {
+                    let mc = ContentConfig {
                         legs: cfg.sources.len(),
                         window: cfg.merge_window,
                         capacity: super::merge_capacity(cfg),
                         leg_timeout: cfg.leg_timeout,
-                    })
+                    };
+                    let mut m = ContentMerger::new(mc.clone());
+                    if let Some(dir) = std::env::var_os("HITLESS_CONTENT_CAPTURE") {
+                        start_capture(&mut m, &mc, Path::new(&dir), &cfg.name);
+                    }
+                    m
                 }),
                 merged_loss: MergedLoss::default(),
             },

@@ -32,8 +32,14 @@ pub struct Gateway {
 impl Gateway {
     /// Start `hitless run` with `args` and wait until it logs "hitless ready".
     pub fn start(args: &[&str], http: SocketAddr) -> Gateway {
+        Gateway::start_with_env(args, http, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], http: SocketAddr, env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("HITLESS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

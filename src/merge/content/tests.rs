@@ -1157,3 +1157,101 @@ fn jitter_sweep() {
     );
     assert!(bad.len() as u64 <= max_bad, "{} > {max_bad}", bad.len());
 }
+
+/// An in-memory capture sink the test can read back.
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_replayed_capture_reproduces_the_output_and_a_cut_one_a_prefix_of_it() {
+    let pkts = real("h264_aac.ts", 4000);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let a = plan(&mut rng, pkts.len(), 7, 0.05, ms(0));
+    let b = plan(&mut rng, pkts.len(), 7, 0.05, ms(30));
+    let c = cfg(2);
+    let sink = Sink::default();
+    let mut sim = Sim::new(c.clone());
+    sim.m
+        .capture(capture::Capture::new(Box::new(sink.clone()), &c).expect("header"));
+    let got = sim.send(ms(1), SPACING, &pkts, &[a, b]);
+    sim.run();
+    assert_eq!(sim.out.len(), expected(&pkts, &got).len());
+    let bytes = sink.0.lock().unwrap().clone();
+    let r = capture::replay(&bytes[..], Instant::now()).expect("replay");
+    assert_eq!(r.output, sim.out);
+    assert!(
+        r.datagrams > 1000 && r.timeouts > 0,
+        "{} {}",
+        r.datagrams,
+        r.timeouts
+    );
+    assert_eq!(r.config.legs, 2);
+    assert_eq!(r.config.window, c.window);
+    let cut = capture::replay(&bytes[..bytes.len() / 2 + 3], Instant::now()).expect("cut");
+    assert!(!cut.output.is_empty() && cut.output.len() < sim.out.len());
+    assert_eq!(cut.output[..], sim.out[..cut.output.len()]);
+    let err = capture::replay(&b"HLCMCAP0"[..], Instant::now())
+        .err()
+        .expect("bad magic");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}
+
+/// Diagnostic (`#[ignore]`d): replay a content-merge input capture (`CAPTURE=<file.cmcap>`,
+/// from a gateway run with `HITLESS_CONTENT_CAPTURE=<dir>`; the loopback test keeps one when
+/// it fails) and compare the output with `FILE` (testdata, `h264_aac.ts`) cut into 7-packet
+/// datagrams minus those the sender's report (`REPORT=<r.json>`) lost on all legs. Prints the
+/// merger's counters and, on a difference, the original indexes of the packets around it.
+#[test]
+#[ignore = "diagnostic: needs CAPTURE and REPORT, see the doc comment"]
+fn replay_capture() {
+    let cap = std::env::var("CAPTURE").expect("CAPTURE=<file.cmcap>");
+    let file = std::io::BufReader::new(std::fs::File::open(&cap).expect("open CAPTURE"));
+    let r = capture::replay(file, Instant::now()).expect("replay");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::env::var("REPORT").expect("REPORT=<r.json>")).expect("read REPORT"),
+    )
+    .expect("REPORT is JSON");
+    let lost: Vec<u64> = report["lost_on_all_legs"]
+        .as_array()
+        .expect("lost_on_all_legs")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let file = std::env::var("FILE").unwrap_or_else(|_| "h264_aac.ts".into());
+    let path = format!("{}/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    let pkts: Vec<Bytes> = std::fs::read(path)
+        .expect("testdata")
+        .chunks_exact(188)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let got: Vec<bool> = (0..pkts.len())
+        .map(|i| !lost.contains(&((i / 7) as u64)))
+        .collect();
+    let want = expected(&pkts, &got);
+    let s = &r.stats;
+    eprintln!(
+        "{} datagrams, {} timeouts replayed; {} packets out, {} expected; conflicts {} time_placed {} pcr_placed {} ambiguous {}",
+        r.datagrams,
+        r.timeouts,
+        r.output.len(),
+        want.len(),
+        s.conflicts,
+        s.time_placed,
+        s.pcr_placed,
+        s.ambiguous
+    );
+    match first_diff(&r.output, &want) {
+        Some(i) => eprintln!("first difference at {i}: {}", around(&r.output, &pkts, i)),
+        None => eprintln!("identical over {} packets", r.output.len().min(want.len())),
+    }
+}
