@@ -1629,92 +1629,111 @@ impl ContentMerger {
             let end = if e < n { fixed[e]? } else { q };
             let sizes: u64 = held[j..e].iter().map(|h| h.pk.len() as u64).sum();
             let room = end.checked_sub(start)?.checked_sub(sizes)?;
-            let g = &mut gaps[j..=e];
-            let step = if self.legs[li].fixed > 0 {
-                self.legs[li].fixed as u64
-            } else {
-                1
-            };
-            // The leg's continuity counters within this run (local gap indexes).
-            let local: Vec<(usize, usize, u64)> = cons
-                .iter()
-                .filter(|c| c.0 >= j && c.1 <= e)
-                .map(|c| (c.0 - j, c.1 - j, c.2))
-                .collect();
-            // Packets the counters say were lost in a range of gaps that time does not
-            // give: to the range's largest gap.
-            for &(a, b, need) in &local {
-                let have: u64 = g[a..=b].iter().sum();
-                if need > have {
-                    let i = (a..=b).rev().max_by_key(|&i| g[i]).unwrap_or(a);
-                    g[i] += (need - have).div_ceil(step) * step;
+            let saved: Vec<u64> = gaps[j..=e].to_vec();
+            let mut chosen = None;
+            // Three tries: times and counters; times alone; all room unexplained (the
+            // layout with the most packets coinciding: the times were off).
+            for attempt in 0..3 {
+                let use_cons = attempt == 0;
+                gaps[j..=e].copy_from_slice(&saved);
+                if attempt == 2 {
+                    gaps[j..=e].fill(0);
                 }
-            }
-            // Too much: a stall delayed a datagram (its gap is too large) and bunched the
-            // next ones (their gaps read zero), so where the real loss lies among them is
-            // unknown by time: the largest gaps give way entirely, those the counters need
-            // last; what room remains is placed like unexplained room below.
-            let mut total: u64 = g.iter().sum();
-            while total > room {
-                let needed = |g: &[u64], i: usize| {
-                    local.iter().any(|&(a, b, need)| {
-                        need > 0 && a <= i && i <= b && g[a..=b].iter().sum::<u64>() - g[i] < need
-                    })
+                let g = &mut gaps[j..=e];
+                let step = if self.legs[li].fixed > 0 {
+                    self.legs[li].fixed as u64
+                } else {
+                    1
                 };
-                let pick = |pred: &dyn Fn(usize) -> bool| {
-                    (0..g.len())
-                        .filter(|&i| g[i] > 0 && pred(i))
-                        .max_by_key(|&i| g[i])
-                };
-                let i = pick(&|i| !needed(g, i)).or_else(|| pick(&|_| true))?;
-                total -= g[i];
-                g[i] = 0;
-            }
-            // Room the leg's times do not explain (another leg's positions moved): at the
-            // one place where the datagrams then coincide with the most packets already
-            // there; ties: just before the neighbour.
-            let slack = room - total;
-            // One split point (all the room there), or, for a few datagrams, two (the room
-            // shared: two stalls on another leg); step: the leg's datagram size if fixed.
-            let mut layouts: Vec<(usize, usize, u64)> =
-                (j..=e).rev().map(|s| (s, s, slack)).collect();
-            if slack > 0 && e - j <= 8 && slack / step <= 16 {
-                for s1 in j..=e {
-                    for s2 in s1 + 1..=e {
-                        let mut a = step;
-                        while a < slack {
-                            layouts.push((s1, s2, a));
-                            a += step;
+                // The leg's continuity counters within this run (local gap indexes); if the
+                // datagrams do not fit the timeline with them, once more without.
+                let local: Vec<(usize, usize, u64)> = cons
+                    .iter()
+                    .filter(|c| use_cons && c.0 >= j && c.1 <= e)
+                    .map(|c| (c.0 - j, c.1 - j, c.2))
+                    .collect();
+                // Packets the counters say were lost in a range of gaps that time does not
+                // give: to the range's largest gap.
+                for &(a, b, need) in &local {
+                    let have: u64 = g[a..=b].iter().sum();
+                    if need > have {
+                        let i = (a..=b).rev().max_by_key(|&i| g[i]).unwrap_or(a);
+                        g[i] += (need - have).div_ceil(step) * step;
+                    }
+                }
+                // Too much: a stall delayed a datagram (its gap is too large) and bunched the
+                // next ones (their gaps read zero), so where the real loss lies among them is
+                // unknown by time: the largest gaps give way entirely, those the counters need
+                // last; what room remains is placed like unexplained room below.
+                let mut total: u64 = g.iter().sum();
+                while total > room {
+                    let needed = |g: &[u64], i: usize| {
+                        local.iter().any(|&(a, b, need)| {
+                            need > 0
+                                && a <= i
+                                && i <= b
+                                && g[a..=b].iter().sum::<u64>() - g[i] < need
+                        })
+                    };
+                    let pick = |pred: &dyn Fn(usize) -> bool| {
+                        (0..g.len())
+                            .filter(|&i| g[i] > 0 && pred(i))
+                            .max_by_key(|&i| g[i])
+                    };
+                    let i = pick(&|i| !needed(g, i)).or_else(|| pick(&|_| true))?;
+                    total -= g[i];
+                    g[i] = 0;
+                }
+                // Room the leg's times do not explain (another leg's positions moved): at the
+                // one place where the datagrams then coincide with the most packets already
+                // there; ties: just before the neighbour.
+                let slack = room - total;
+                // One split point (all the room there), or, for a few datagrams, two (the room
+                // shared: two stalls on another leg); step: the leg's datagram size if fixed.
+                let mut layouts: Vec<(usize, usize, u64)> =
+                    (j..=e).rev().map(|s| (s, s, slack)).collect();
+                if slack > 0 && e - j <= 8 && slack / step <= 16 {
+                    for s1 in j..=e {
+                        for s2 in s1 + 1..=e {
+                            let mut a = step;
+                            while a < slack {
+                                layouts.push((s1, s2, a));
+                                a += step;
+                            }
                         }
                     }
                 }
-            }
-            let mut best: Option<(u32, (usize, usize, u64))> = None;
-            for &(s1, s2, a) in &layouts {
-                let mut at = start;
-                let mut overlap = 0u32;
-                let mut ok = true;
-                for i in j..e {
-                    let extra = if i == s1 { a } else { 0 }
-                        + if i == s2 && s2 != s1 { slack - a } else { 0 };
-                    let p = at + gaps[i] + extra;
-                    match self.validate_overlap(p, &held[i].pk) {
-                        Some(o) => overlap += o,
-                        None => {
-                            ok = false;
-                            break;
+                let mut best: Option<(u32, (usize, usize, u64))> = None;
+                for &(s1, s2, a) in &layouts {
+                    let mut at = start;
+                    let mut overlap = 0u32;
+                    let mut ok = true;
+                    for i in j..e {
+                        let extra = if i == s1 { a } else { 0 }
+                            + if i == s2 && s2 != s1 { slack - a } else { 0 };
+                        let p = at + gaps[i] + extra;
+                        match self.validate_overlap(p, &held[i].pk) {
+                            Some(o) => overlap += o,
+                            None => {
+                                ok = false;
+                                break;
+                            }
                         }
+                        at = p + held[i].pk.len() as u64;
                     }
-                    at = p + held[i].pk.len() as u64;
+                    if ok && best.is_none_or(|b| overlap > b.0) {
+                        best = Some((overlap, (s1, s2, a)));
+                    }
+                    if slack == 0 {
+                        break;
+                    }
                 }
-                if ok && best.is_none_or(|b| overlap > b.0) {
-                    best = Some((overlap, (s1, s2, a)));
-                }
-                if slack == 0 {
+                if let Some((_, l)) = best {
+                    chosen = Some((l, slack));
                     break;
                 }
             }
-            let (_, (s1, s2, a)) = best?;
+            let ((s1, s2, a), slack) = chosen?;
             let mut at = start;
             for i in j..e {
                 let extra =
