@@ -396,11 +396,11 @@ struct Slot {
 }
 
 /// Packets per block of the long-baseline spacing estimate.
-const SLOPE_BLOCK: u64 = 512;
+const SLOPE_BLOCK: u64 = 128;
 /// Blocks the long-baseline spacing spans at most.
 const SLOPE_BLOCKS: usize = 16;
 /// Packets the baseline must span before its spacing is used.
-const SLOPE_MIN_SPAN: u64 = 1024;
+const SLOPE_MIN_SPAN: u64 = 384;
 
 /// A leg's packet spacing over a long baseline: per block of [`SLOPE_BLOCK`] positions the
 /// least-delayed datagram (smallest arrival − position × spacing), and the median slope
@@ -589,6 +589,8 @@ pub struct ContentMerger {
     ruler: Ruler,
     /// Held datagrams being flushed: `place` places, never holds.
     no_hold: bool,
+    /// Inside `flush_held`.
+    flushing: bool,
     /// Inputs recorded for replay (see [`capture`]).
     capture: Option<Capture>,
     /// Slots filled now are soft (see [`Slot::soft`]).
@@ -689,6 +691,7 @@ impl ContentMerger {
             pin_spacing: 0.0,
             ruler: Ruler::default(),
             no_hold: false,
+            flushing: false,
             capture: None,
             soft_put: false,
             soft_ok: None,
@@ -1968,20 +1971,23 @@ impl ContentMerger {
             self.unanchor(li);
             return false;
         }
-        let held = std::mem::take(&mut self.legs[li].held);
-        let mut rest = held.into_iter();
-        // Content first (another leg may have delivered them meanwhile), else by time.
-        self.no_hold = true;
-        for h in rest.by_ref() {
-            if !self.legs[li].anchored {
-                self.rebuffer(li, h.t, h.pk);
-                continue;
-            }
-            if !self.place(now_ns, li, h.t, &h.pk) {
-                self.rebuffer(li, h.t, h.pk);
+        // Once more through `place` (another leg may have delivered them meanwhile: one found
+        // by content bounds those before it), then what is still held by time.
+        // (Not again from within that pass: a bound whose held datagrams do not fit flushes
+        // them by time.)
+        let (nested, no_hold) = (self.flushing, self.no_hold);
+        self.flushing = true;
+        for pass in usize::from(nested)..2 {
+            let held = std::mem::take(&mut self.legs[li].held);
+            self.no_hold = pass == 1;
+            for h in held {
+                if !self.legs[li].anchored || !self.place(now_ns, li, h.t, &h.pk) {
+                    self.rebuffer(li, h.t, h.pk);
+                }
             }
         }
-        self.no_hold = false;
+        self.no_hold = no_hold;
+        self.flushing = nested;
         self.legs[li].anchored
     }
 
