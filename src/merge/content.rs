@@ -551,8 +551,13 @@ struct Leg {
     /// Per PID: `position << 4 | CC` of the highest-placed packet with payload this leg
     /// delivered (`NONE`: none since anchoring). See [`ContentMerger::cc_consistent`].
     last_cc: Box<[u64]>,
-    /// (position, PCR) of the last PCR packet this leg placed (the ruler learns from pairs).
-    last_pcr: Option<(u64, u64)>,
+    /// The ruler's samples from this leg's own packets (see `learn_ruler`): the last
+    /// continuity counter per PID it delivered, its last PCR, the packets since, and whether
+    /// a counter skipped since (a loss).
+    seen_cc: Box<[u8]>,
+    pcr_seen: Option<u64>,
+    since_pcr: u64,
+    cc_broken: bool,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -676,7 +681,10 @@ impl ContentMerger {
                     size_run: 0,
                     fixed: 0,
                     last_cc: vec![NONE; 8192].into_boxed_slice(),
-                    last_pcr: None,
+                    seen_cc: vec![NO_CC; 8192].into_boxed_slice(),
+                    pcr_seen: None,
+                    since_pcr: 0,
+                    cc_broken: false,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -741,6 +749,7 @@ impl ContentMerger {
             off += PACKET_LEN;
         }
         self.stats.legs[li].packets += run.len() as u64;
+        self.learn_ruler(li, &run);
         let count = run.len();
         {
             // Packet spacing of this leg: time between datagrams over the packets of the later.
@@ -1195,11 +1204,6 @@ impl ContentMerger {
                 *rp += m;
             }
             l.slope.shift(c, m);
-            if let Some((p, _)) = &mut l.last_pcr
-                && *p >= c
-            {
-                *p += m;
-            }
         }
     }
 
@@ -1330,6 +1334,39 @@ impl ContentMerger {
     }
 
     // ---- placing ----
+
+    /// The ruler learns the mux rate from a leg's own packets, as they arrive: the packets
+    /// between two of its PCR packets, when no continuity counter skipped between them (no
+    /// loss the counters can see; a lost null-only datagram is not seen, and its sample is
+    /// an outlier the ruler's agreement test drops). Neither arrival times nor placement
+    /// enter: the ruler locks however the packets were paced.
+    fn learn_ruler(&mut self, li: usize, pk: &[Pk]) {
+        for p in pk {
+            let l = &mut self.legs[li];
+            l.since_pcr += 1;
+            if p.null {
+                continue;
+            }
+            if p.cc != NO_CC {
+                let last = std::mem::replace(&mut l.seen_cc[usize::from(p.pid)], p.cc);
+                if last != NO_CC && p.cc.wrapping_sub(last).wrapping_sub(1) & 15 != 0 {
+                    l.cc_broken = true;
+                }
+            }
+            if p.pcr != NONE && self.ruler.follows(p.pid) {
+                let l = &mut self.legs[li];
+                if let Some(c0) = l.pcr_seen
+                    && !l.cc_broken
+                {
+                    self.ruler.learn((0, c0), (l.since_pcr, p.pcr));
+                }
+                let l = &mut self.legs[li];
+                l.pcr_seen = Some(p.pcr);
+                l.since_pcr = 0;
+                l.cc_broken = false;
+            }
+        }
+    }
 
     /// Where the PCR ruler puts a datagram: from its first PCR packet.
     fn ruler_at(&mut self, pk: &[Pk]) -> Option<u64> {
@@ -2143,12 +2180,6 @@ impl ContentMerger {
         if let Some((pos, c, copy)) = pcr
             && pos >= self.out
         {
-            if let Some(prev) = self.legs[li].last_pcr
-                && prev.0 < pos
-            {
-                self.ruler.learn(prev, (pos, c));
-            }
-            self.legs[li].last_pcr = Some((pos, c));
             // The reference follows the timeline where nothing else says where the PCR is,
             // or where content proved another place (a copy): the timeline is what the
             // output follows.
@@ -2362,7 +2393,6 @@ impl ContentMerger {
         l.line = None;
         l.slope = Slope::default();
         l.last_cc.fill(NONE);
-        l.last_pcr = None;
         l.conflicts = 0;
         l.unaligned_since = None;
         l.diverged = false;
