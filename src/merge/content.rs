@@ -1418,6 +1418,19 @@ impl ContentMerger {
         (g_raw, gap)
     }
 
+    /// The arrival line's estimate alone of the gap before a datagram of `k` packets arriving
+    /// at `t` after position `base` (rounded; 0 while the line is unknown).
+    fn line_gap(&self, li: usize, base: u64, t: u64, k: usize) -> u64 {
+        let s = self.spacing(li);
+        match self.legs[li].line {
+            Some((rt, rp)) if s > 0.0 => self.gap_round(
+                li,
+                rp as f64 + (t as f64 - rt) / s - self.timed_len(li, k) as f64 - base as f64,
+            ),
+            _ => 0,
+        }
+    }
+
     /// Place a datagram of anchored leg `li` that arrived at `t`. Returns false if the leg
     /// was unanchored instead (jump, restart, repeated conflicts): the caller hands the
     /// datagram to the anchoring.
@@ -1492,6 +1505,18 @@ impl ContentMerger {
                 }
             }
         }
+        // Flushing what the leg held past its time: time had its chance, a copy further
+        // away than the tolerance wins if the leg's counters allow it.
+        if self.flushing
+            && !self.no_hold
+            && near.is_none()
+            && let Some((qf, _)) = far
+            && self.cc_consistent(li, qf, pk)
+            && (qf < q_est || self.skips_nothing(li, q_est, qf))
+        {
+            near = Some(qf);
+            far = None;
+        }
         if near.is_none()
             && far.is_none()
             && let Some(x) = exact
@@ -1533,11 +1558,13 @@ impl ContentMerger {
         // At the front: nothing to collide with. But where the PCR ruler works, a datagram
         // that seems to follow a loss waits for the leg's next PCR packet: a late arrival
         // and a loss read alike, the PCR tells them apart.
+        // (A loss by either estimate: the previous datagram's time reads short when that
+        // one came late.)
         if self.no_hold
             || far.is_none()
                 && self.legs[li].held.is_empty()
                 && q_est >= self.hi
-                && (gap == 0 || !self.ruler.ready())
+                && (gap == 0 && self.line_gap(li, base, t, pk.len()) == 0 || !self.ruler.ready())
         {
             return self.place_by_time(now_ns, li, t, pk);
         }
