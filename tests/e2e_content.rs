@@ -63,8 +63,13 @@ fn keep_capture(gw: Gateway, dir: &Path) -> String {
     }
 }
 
+/// The loopback test: `hitless send` over two plain-UDP legs with 2 % independent
+/// loss each (seeded) and the second 30 ms late, merged by the gateway, captured and
+/// compared byte for byte. At twice real time (a datagram every 2.6 ms): the merger takes
+/// the sender's own scheduling jitter as evidence where content is silent, and a loaded
+/// 2-core machine delays the sender by milliseconds (see src/merge/content.rs, Status, for
+/// the pass rates measured).
 #[test]
-#[ignore = "flaky: 28/30 debug runs passed on a quiet 2-core machine on 2026-12-03 (after the held-counter check; 25/30 before); fewer under load (the sender's own scheduling jitter): a stall next to a loss can still misplace a datagram (see src/merge/content.rs, Status)"]
 fn two_lossy_skewed_udp_legs_merge_to_the_original() {
     let _serial = serial();
     let ip = "127.0.4.1";
@@ -87,7 +92,7 @@ fn two_lossy_skewed_udp_legs_merge_to_the_original() {
             "--to",
             &format!("udp://{ip}:5002?loss=2&delay=30"),
             "--speed",
-            "4",
+            "2",
             "--seed",
             "3",
         ],

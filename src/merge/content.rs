@@ -1623,6 +1623,28 @@ impl ContentMerger {
     ) -> Option<(Vec<u64>, usize)> {
         let n = self.legs[li].held.len() - usize::from(skip_last);
         let cons = self.cc_constraints(li, n, succ);
+        // late[j]: datagram j (the successor for n) was followed by one bunched behind it.
+        let late: Vec<bool> = {
+            let held = &self.legs[li].held;
+            let s = self.spacing(li);
+            (0..=n)
+                .map(|j| {
+                    let next_t = if j + 1 < n {
+                        Some(held[j + 1].t)
+                    } else if j + 1 == n {
+                        Some(t)
+                    } else {
+                        None
+                    };
+                    j < n
+                        && s > 0.0
+                        && next_t.is_some_and(|nt| {
+                            (nt.saturating_sub(held[j].t) as f64)
+                                < 0.5 * s * held[j].pk.len() as f64
+                        })
+                })
+                .collect()
+        };
         let next = self.legs[li].next;
         let s = self.spacing(li);
         // gaps[j]: before held j (j < n); gaps[n]: before the successor.
@@ -1747,7 +1769,11 @@ impl ContentMerger {
                             .filter(|&i| g[i] > 0 && pred(i))
                             .max_by_key(|&i| g[i])
                     };
-                    let i = pick(&|i| !needed(g, i)).or_else(|| pick(&|_| true))?;
+                    // Among equal gaps, a datagram the next one came bunched behind was late.
+                    let i = pick(&|i| !needed(g, i) && late[j + i])
+                        .filter(|&i| (0..g.len()).all(|x| g[x] <= g[i]))
+                        .or_else(|| pick(&|i| !needed(g, i)))
+                        .or_else(|| pick(&|_| true))?;
                     total -= g[i];
                     g[i] = 0;
                 }
