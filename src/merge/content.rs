@@ -592,6 +592,8 @@ struct Leg {
     pcr_seen: Option<u64>,
     since_pcr: u64,
     cc_broken: bool,
+    /// Its last PCR packet placed, (position, PCR): the ruler's reference for its next ones.
+    pcr_ref: Option<(u64, u64)>,
 }
 
 /// The content merger. Driving it: for every datagram call [`push`](Self::push), then drain
@@ -719,6 +721,7 @@ impl ContentMerger {
                     pcr_seen: None,
                     since_pcr: 0,
                     cc_broken: false,
+                    pcr_ref: None,
                 })
                 .collect(),
             ready: VecDeque::with_capacity(cap),
@@ -1220,7 +1223,6 @@ impl ContentMerger {
         if self.hi > c {
             self.hi += m;
         }
-        self.ruler.shift(c, m);
         for l in &mut self.legs {
             for e in l
                 .last_cc
@@ -1238,6 +1240,11 @@ impl ContentMerger {
                 *rp += m;
             }
             l.slope.shift(c, m);
+            if let Some((p, _)) = &mut l.pcr_ref
+                && *p >= c
+            {
+                *p += m;
+            }
         }
     }
 
@@ -1402,13 +1409,16 @@ impl ContentMerger {
         }
     }
 
-    /// Where the PCR ruler puts a datagram: from its first PCR packet.
-    fn ruler_at(&mut self, pk: &[Pk]) -> Option<u64> {
+    /// Where the PCR ruler puts a datagram of leg `li`: from its first PCR packet, against the
+    /// leg's last PCR packet placed.
+    fn ruler_at(&mut self, li: usize, pk: &[Pk]) -> Option<u64> {
         let (i, p) = pk
             .iter()
             .enumerate()
             .find(|(_, p)| p.pcr != NONE && self.ruler.follows(p.pid))?;
-        self.ruler.position(p.pcr)?.checked_sub(i as u64)
+        self.ruler
+            .position(self.legs[li].pcr_ref?, p.pcr)?
+            .checked_sub(i as u64)
     }
 
     /// Time estimate of the position of datagram `pk` arriving at `t` right after position
@@ -1498,7 +1508,7 @@ impl ContentMerger {
         // (else the PCR jumped).
         let held_len: u64 = self.legs[li].held.iter().map(|h| h.pk.len() as u64).sum();
         let exact = self
-            .ruler_at(pk)
+            .ruler_at(li, pk)
             .filter(|&x| x >= next + held_len && x.abs_diff(base + gap) <= RULER_REACH);
         let q_est = exact.unwrap_or(base + gap);
         let has_data = pk.iter().any(|p| !p.null);
@@ -1598,7 +1608,9 @@ impl ContentMerger {
             || far.is_none()
                 && self.legs[li].held.is_empty()
                 && q_est >= self.hi
-                && (gap == 0 && self.line_gap(li, base, t, pk.len()) == 0 || !self.ruler.ready())
+                && (gap == 0 && self.line_gap(li, base, t, pk.len()) == 0
+                    || !self.ruler.locked()
+                    || self.legs[li].pcr_ref.is_none())
         {
             return self.place_by_time(now_ns, li, t, pk);
         }
@@ -2209,13 +2221,13 @@ impl ContentMerger {
     fn put(&mut self, now_ns: u64, li: usize, t: u64, q: u64, pk: &[Pk]) {
         let bit = 1u32 << li;
         let mut agreed = false;
-        // The datagram's PCR packet: (position, PCR, a copy of a packet already placed).
+        // The datagram's PCR packet: (position, PCR).
         let mut pcr = None;
         for (i, p) in pk.iter().enumerate() {
             let pos = q + i as u64;
             let fits = self.fits(pos, p);
             if p.pcr != NONE && pcr.is_none() && fits.is_some() && self.ruler.follows(p.pid) {
-                pcr = Some((pos, p.pcr, fits == Some(true)));
+                pcr = Some((pos, p.pcr));
             }
             match fits {
                 Some(true) => {
@@ -2264,19 +2276,11 @@ impl ContentMerger {
                 }
             }
         }
-        if let Some((pos, c, copy)) = pcr
-            && pos >= self.out
-        {
-            // The reference follows the timeline where nothing else says where the PCR is,
-            // or where content proved another place (a copy): the timeline is what the
-            // output follows.
-            // A fresh packet placed elsewhere than the ruler says was placed by time: the
-            // ruler stays, unless that keeps happening (the PCR jumped without a
-            // discontinuity flag, e.g. a looped file).
-            match self.ruler.position(c) {
-                Some(x) if x != pos && !copy => self.ruler.contradicted(pos, c),
-                _ => self.ruler.rebase(pos, c),
-            }
+        // The leg's ruler reference: its last PCR packet, wherever it went (by the ruler, by
+        // content, or by time after a PCR jump). Per leg: legs on either side of a PCR jump
+        // without a discontinuity flag (a looped file) do not move each other's.
+        if let Some((pos, c)) = pcr {
+            self.legs[li].pcr_ref = Some((pos, c));
         }
         let s = self.spacing(li);
         let l = &mut self.legs[li];
@@ -2480,6 +2484,7 @@ impl ContentMerger {
         l.line = None;
         l.slope = Slope::default();
         l.last_cc.fill(NONE);
+        l.pcr_ref = None;
         l.conflicts = 0;
         l.unaligned_since = None;
         l.diverged = false;

@@ -9,8 +9,9 @@
 //! from pairs of consecutive PCR packets on one leg (their positions in the timeline); it
 //! *locks* when most recent pairs agree on it within 0.1 %, which a variable-rate stream
 //! never does (the ruler then stays silent and time estimates alone place datagrams). Once
-//! locked and given a reference PCR packet at a known position, the position of any later
-//! PCR packet follows from its PCR alone, whatever a leg lost and however late it arrived.
+//! locked, given a reference PCR packet at a known position (the merger keeps one per leg:
+//! its last PCR packet placed), the position of any later PCR packet follows from its PCR
+//! alone, whatever the leg lost and however late it arrived.
 //!
 //! Cost: a division per PCR packet (one packet in ~25 at the usual 20–40 ms PCR interval).
 //! Memory: a few words.
@@ -27,8 +28,6 @@ const AGREE: f64 = 1e-3;
 const INTEGRAL: f64 = 0.25;
 /// Pairs further apart than this (packets) are not sampled.
 const MAX_PAIR: u64 = 4096;
-/// Contradicted predictions in a row that move the reference.
-const MISSES: u32 = 3;
 
 /// Signed difference `b − a` of two PCR values (27 MHz ticks), across the wrap.
 fn pcr_delta(a: u64, b: u64) -> i64 {
@@ -49,10 +48,6 @@ pub(super) struct Ruler {
     at: usize,
     /// Ticks per packet while locked, else 0.
     r: f64,
-    /// A PCR packet at a known position: (position, PCR).
-    reference: Option<(u64, u64)>,
-    /// PCR packets placed elsewhere than predicted, in a row.
-    misses: u32,
 }
 
 impl Ruler {
@@ -63,11 +58,6 @@ impl Ruler {
 
     pub(super) fn locked(&self) -> bool {
         self.r > 0.0
-    }
-
-    /// Locked, with a reference: it can place PCR packets.
-    pub(super) fn ready(&self) -> bool {
-        self.locked() && self.reference.is_some()
     }
 
     /// Two consecutive PCR packets of one leg, `(position, PCR)` each: a sample of the
@@ -94,10 +84,11 @@ impl Ruler {
         self.r = if agree * 4 >= self.n * 3 { m } else { 0.0 };
     }
 
-    /// Position of a PCR packet carrying `pcr`, if the ruler is locked, has a reference, and
-    /// the PCR falls on a whole packet from it (else a discontinuity or another stream).
-    pub(super) fn position(&self, pcr: u64) -> Option<u64> {
-        let (p0, c0) = self.reference?;
+    /// Position of a PCR packet carrying `pcr`, given a `reference` PCR packet
+    /// `(position, PCR)`, if the ruler is locked and the PCR falls on a whole packet from the
+    /// reference (else a discontinuity or another stream).
+    pub(super) fn position(&self, reference: (u64, u64), pcr: u64) -> Option<u64> {
+        let (p0, c0) = reference;
         if !self.locked() {
             return None;
         }
@@ -108,30 +99,6 @@ impl Ruler {
         }
         p0.checked_add_signed(n as i64)
     }
-
-    /// `pcr` is at `pos` from now on the reference.
-    pub(super) fn rebase(&mut self, pos: u64, pcr: u64) {
-        self.reference = Some((pos, pcr));
-        self.misses = 0;
-    }
-
-    /// A PCR packet was placed at `pos`, not where the ruler predicted it: the reference
-    /// moves there after [`MISSES`] such packets in a row.
-    pub(super) fn contradicted(&mut self, pos: u64, pcr: u64) {
-        self.misses += 1;
-        if self.misses >= MISSES {
-            self.rebase(pos, pcr);
-        }
-    }
-
-    /// Positions from `c` on moved up by `m` (an insertion in the timeline).
-    pub(super) fn shift(&mut self, c: u64, m: u64) {
-        if let Some((p, _)) = &mut self.reference
-            && *p >= c
-        {
-            *p += m;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -140,35 +107,35 @@ mod tests {
 
     const R: u64 = 20_304; // 2 Mbit/s
 
-    fn locked_at(p0: u64, c0: u64) -> Ruler {
+    fn locked() -> Ruler {
         let mut r = Ruler::default();
         assert!(r.follows(0x100));
-        let mut prev = (p0, c0);
+        let mut prev = (0u64, 0u64);
         for k in 1..=LOCK_SAMPLES as u64 {
             let cur = (prev.0 + 20 + k, prev.1 + (20 + k) * R);
             r.learn(prev, cur);
             prev = cur;
         }
-        r.rebase(p0, c0);
         r
     }
 
     #[test]
     fn locks_on_a_constant_rate_and_predicts_positions() {
-        let mut r = locked_at(1000, 5_000_000);
+        let mut r = locked();
         assert!(r.locked());
-        assert_eq!(r.position(5_000_000 + 37 * R), Some(1037));
-        assert_eq!(r.position(5_000_000 - 3 * R), Some(997));
+        let at = (1000, 5_000_000);
+        assert_eq!(r.position(at, 5_000_000 + 37 * R), Some(1037));
+        assert_eq!(r.position(at, 5_000_000 - 3 * R), Some(997));
         // Not on a whole packet: a discontinuity, no position.
-        assert_eq!(r.position(5_000_000 + 37 * R + R / 2), None);
+        assert_eq!(r.position(at, 5_000_000 + 37 * R + R / 2), None);
         assert!(!r.follows(0x101));
     }
 
     #[test]
     fn predicts_across_the_pcr_wrap() {
         let c0 = PCR_WRAP - 5 * R;
-        let r = locked_at(100, c0);
-        assert_eq!(r.position((c0 + 12 * R) % PCR_WRAP), Some(112));
+        let r = locked();
+        assert_eq!(r.position((100, c0), (c0 + 12 * R) % PCR_WRAP), Some(112));
     }
 
     #[test]
@@ -182,19 +149,14 @@ mod tests {
             prev = cur;
         }
         assert!(!r.locked());
-        r.rebase(0, 0);
-        assert_eq!(r.position(540_000), None);
+        assert_eq!(r.position((0, 0), 540_000), None);
     }
 
     #[test]
-    fn a_few_misplaced_pairs_do_not_unlock_and_insertions_shift_the_reference() {
-        let mut r = locked_at(0, 0);
+    fn a_few_misplaced_pairs_do_not_unlock_it() {
+        let mut r = locked();
         r.learn((500, 0), (507, 20 * R)); // positions 13 packets off
         assert!(r.locked());
-        r.rebase(50, 50 * R);
-        r.shift(40, 7);
-        assert_eq!(r.position(60 * R), Some(67));
-        r.shift(100, 7);
-        assert_eq!(r.position(60 * R), Some(67));
+        assert_eq!(r.position((50, 50 * R), 60 * R), Some(60));
     }
 }
