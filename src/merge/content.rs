@@ -2065,15 +2065,18 @@ impl ContentMerger {
                         }
                     }
                 }
-                // A null datagram next to room (a loss on either side) is where time put
-                // it, nothing proves that side: soft.
+                // Null datagrams placed among room (a loss somewhere between the cursor and
+                // `q`) are where time put them, nothing proves which side of the room they
+                // lie on: soft.
                 let mut end = start;
-                for (j, (h, &p)) in held.iter().zip(&pos).enumerate() {
-                    let after = pos.get(j + 1).copied().unwrap_or(q);
-                    let k = h.pk.len() as u64;
-                    self.soft_put = (p > end || after > p + k) && h.pk.iter().all(|x| x.null);
+                let room = held.iter().zip(&pos).any(|(h, &p)| {
+                    let gap = p > end;
+                    end = p + h.pk.len() as u64;
+                    gap
+                }) || q > end;
+                for (h, &p) in held.iter().zip(&pos) {
+                    self.soft_put = room && h.pk.iter().all(|x| x.null);
                     self.put(now_ns, li, h.t, p, &h.pk);
-                    end = p + k;
                 }
                 self.soft_put = false;
                 self.soft_ok = None;
