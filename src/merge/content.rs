@@ -181,10 +181,12 @@
 //! (`tests/e2e_content.rs`, two legs with 2 % loss and 30 ms skew at twice real time).
 //! Virtual-time sweep over 200 seeds of a real stream with 2 % loss per leg and 30 ms skew
 //! (`tests::jitter_sweep`), seeds not byte-identical: uniform arrival jitter of 100 µs: 0;
-//! 250 µs: 0; 500 µs: 4; 100 µs with 1–4 ms stalls: 3; 300 µs plus, on 3 % of datagrams, up
-//! to 2.5 ms more (`TAIL=2500`): 10 (at the start of 2026-12-03: 0, 1, 2, 20 and 93). Most
-//! of what still fails is the stream's first few hundred packets, before the ruler locks
-//! and the long-baseline spacing is known: there the limit is the one in "Use of time".
+//! 250 µs: 0; 500 µs: 1; 100 µs with 1–4 ms stalls: 3; 300 µs plus, on 3 % of datagrams, up
+//! to 2.5 ms more (`TAIL=2500`): 7 (at the start of 2026-12-03: 0, 1, 2, 20 and 93). What
+//! still fails is a stall longer than the datagrams around it can pin (no datagram on its
+//! arrival line between a loss and the next PCR), or the stream's first few hundred
+//! packets, before the ruler locks and the long-baseline spacing is known: the limit in
+//! "Use of time".
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -580,8 +582,9 @@ struct Leg {
     size_run: usize,
     /// The one size its datagrams have (0: none): set after [`FIXED_SIZE_RUN`] of one size
     /// in a row, kept through a single datagram of another size (a stream's last one),
-    /// cleared by two in a row.
+    /// cleared by a second one (`odd`: other sizes since it was set).
     fixed: usize,
+    odd: usize,
     /// Per PID: `position << 4 | CC` of the highest-placed packet with payload this leg
     /// delivered (`NONE`: none since anchoring). See [`ContentMerger::cc_consistent`].
     last_cc: Box<[u64]>,
@@ -716,6 +719,7 @@ impl ContentMerger {
                     size: 0,
                     size_run: 0,
                     fixed: 0,
+                    odd: 0,
                     last_cc: vec![NONE; 8192].into_boxed_slice(),
                     seen_cc: vec![NO_CC; 8192].into_boxed_slice(),
                     pcr_seen: None,
@@ -802,8 +806,12 @@ impl ContentMerger {
             }
             if l.size_run >= FIXED_SIZE_RUN {
                 l.fixed = l.size;
-            } else if l.size_run >= 2 && l.size != l.fixed {
-                l.fixed = 0;
+                l.odd = 0;
+            } else if count != l.fixed {
+                l.odd += 1;
+                if l.odd >= 2 {
+                    l.fixed = 0;
+                }
             }
             if let Some(last) = l.last_arrival
                 && now_ns > last
@@ -1550,11 +1558,13 @@ impl ContentMerger {
             }
         }
         // Flushing what the leg held past its time: time had its chance, a copy further
-        // away than the tolerance wins if the leg's counters allow it.
+        // away than the tolerance wins if one of its packets is seen once in the timeline (not
+        // a still picture's repeat) and the leg's counters allow it.
         if self.flushing
             && !self.no_hold
             && near.is_none()
             && let Some((qf, _)) = far
+            && self.unique_at(qf, pk) > 0
             && self.cc_consistent(li, qf, pk)
             && (qf < q_est || self.skips_nothing(li, q_est, qf))
         {
