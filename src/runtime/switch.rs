@@ -108,8 +108,6 @@ impl SourceMeter for Meter<'_> {
     }
 }
 
-/// What the switch is told about a source's rules: the first failing rule, except
-/// `unrecovered-packets`, which only raises an alarm (see the module docs).
 /// Record the merger's inputs to `<dir>/<channel>.cmcap` (`HITLESS_CONTENT_CAPTURE`, a
 /// diagnostic: see [`crate::merge::content::capture`]). A failure is logged, not fatal.
 fn start_capture(m: &mut ContentMerger, mc: &ContentConfig, dir: &Path, channel: &str) {
@@ -128,6 +126,8 @@ fn start_capture(m: &mut ContentMerger, mc: &ContentConfig, dir: &Path, channel:
     }
 }
 
+/// What the switch is told about a source's rules: the first failing rule, except
+/// `unrecovered-packets`, which only raises an alarm (see the module docs).
 fn switch_verdict(rules: &SourceRules) -> Option<Condition> {
     rules.failing_except(Condition::UnrecoveredPackets)
 }

@@ -19,7 +19,8 @@ use super::{ContentConfig, ContentMerger, ContentStats};
 use crate::merge::LegId;
 
 const MAGIC: &[u8; 8] = b"HLCMCAP1";
-/// A capture stops recording at this size (about 10 minutes of a 20 Mbit/s channel per leg).
+/// A capture stops recording at this size (about 3.5 minutes of a 20 Mbit/s channel with two
+/// legs).
 pub const MAX_BYTES: u64 = 1 << 30;
 
 /// A capture being written.
