@@ -22,12 +22,14 @@
 //!    up slowly, by at most 1/16 spacing per datagram) and the packet spacing: once the leg
 //!    has placed 384+ packets, the median slope between the least-delayed datagrams of
 //!    128-packet blocks, over up to 16 blocks (`Slope`); before that, from its inter-datagram
-//!    samples (the smallest value a quarter of them share exactly, else the mean of those
-//!    within 10 % of the median; the smallest estimate of the legs that have 8 samples),
-//!    which are a few percent off under jitter. The estimated gap is the line's position at the arrival minus the cursor
+//!    samples (the smallest sample if another shares it exactly, else the smallest value a
+//!    quarter of them share exactly, else the mean of those within 10 % of the median; the
+//!    smallest estimate of the legs that have 8 samples), which are a few percent off under
+//!    jitter. The estimated gap is the line's position at the arrival minus the cursor
 //!    `next` minus `k`; a datagram bunched behind the previous one (arrived in less than half
 //!    its own time) is right after it. It is rounded with a dead band of 0.75 packet, and a
-//!    leg whose last 16 datagrams had one size `K` loses whole datagrams: its gaps are
+//!    leg whose last 16 datagrams had one size `K` (64 once it has changed sizes twice: a
+//!    leg of mixed sizes has runs of 16) loses whole datagrams: its gaps are
 //!    multiples of `K` (a loss counts from 0.6 datagram), so up to about half a datagram of
 //!    jitter is harmless (a single shorter datagram, a stream's last, keeps `K`; it is timed
 //!    as a full one unless its continuity counters show a loss before it, since senders pace
@@ -137,8 +139,9 @@
 //! false; its packets are never placed) until it anchors again ([`ContentEvent::Aligned`]).
 //! An anchored leg that delivers non-null packets but has not agreed with another leg (a
 //! copy either way) for a window while another anchored leg has is unanchored. A gap of
-//! [`JUMP_PACKETS`] or more (by time), or content found only behind the cursor, unanchors the
-//! leg; anchoring again after having been anchored is [`ContentEvent::Reanchored`], counted.
+//! [`JUMP_PACKETS`] or more (by time), or content found only behind the cursor (for held
+//! datagrams: three packets, not counting a PID whose continuity counter continues the leg's
+//! own within the loss its times allow, a still picture's repeat), unanchors the leg; anchoring again after having been anchored is [`ContentEvent::Reanchored`], counted.
 //!
 //! # Use of time (documented approximation)
 //! Content is exact; time is evidence where content is silent: the gap before a datagram
@@ -214,6 +217,10 @@ const BUFFERED_DATAGRAMS: usize = 64;
 const SPACING_SAMPLES: usize = 15;
 /// Datagrams of one size in a row after which a leg's gaps are taken as multiples of it.
 const FIXED_SIZE_RUN: usize = 16;
+/// The same for a leg that has already dropped a fixed size or changed sizes twice: a leg of
+/// mixed sizes (say 1 or 2 packets) has a run of 16 every few thousand datagrams, and its
+/// one-packet losses would then round away.
+const VARIED_SIZE_RUN: usize = 64;
 /// Own spacing samples before a leg's median is trusted.
 const SPACING_WARM: usize = 8;
 /// Spacing samples between content-placed datagrams the stream's spacing is the median of.
@@ -367,6 +374,13 @@ pub fn fingerprint(p: &[u8]) -> u64 {
 /// quarter of the samples share (within 0.1 %); otherwise the mean of the samples within 10 %
 /// of the median.
 fn densest(v: &[f64]) -> f64 {
+    // Every sample is at least the spacing when no datagram came bunched: the smallest
+    // sample, if another shares it, is a spacing with no loss on either side (under jitter two
+    // samples rarely agree within 0.1 %, and never as the smallest).
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    if v.iter().filter(|&&x| x - min <= 0.001 * min).count() >= 2 {
+        return min;
+    }
     // The smallest value enough samples share: losses make multiples of it.
     let need = 3.max(v.len().div_ceil(4));
     let exact = v
@@ -585,6 +599,8 @@ struct Leg {
     /// cleared by a second one (`odd`: other sizes since it was set).
     fixed: usize,
     odd: usize,
+    /// Size changes seen (up to 2): at 2 the leg has mixed sizes, [`VARIED_SIZE_RUN`] applies.
+    changes: u8,
     /// Per PID: `position << 4 | CC` of the highest-placed packet with payload this leg
     /// delivered (`NONE`: none since anchoring). See [`ContentMerger::cc_consistent`].
     last_cc: Box<[u64]>,
@@ -720,6 +736,7 @@ impl ContentMerger {
                     size_run: 0,
                     fixed: 0,
                     odd: 0,
+                    changes: 0,
                     last_cc: vec![NONE; 8192].into_boxed_slice(),
                     seen_cc: vec![NO_CC; 8192].into_boxed_slice(),
                     pcr_seen: None,
@@ -801,10 +818,18 @@ impl ContentMerger {
             if count == l.size {
                 l.size_run += 1;
             } else {
+                if l.size != 0 {
+                    l.changes = (l.changes + 1).min(2);
+                }
                 l.size = count;
                 l.size_run = 1;
             }
-            if l.size_run >= FIXED_SIZE_RUN {
+            let run = if l.changes >= 2 {
+                VARIED_SIZE_RUN
+            } else {
+                FIXED_SIZE_RUN
+            };
+            if l.size_run >= run {
                 l.fixed = l.size;
                 l.odd = 0;
             } else if count != l.fixed {
@@ -2108,15 +2133,11 @@ impl ContentMerger {
         // (extra nulls in the output). Unanchor first: `unanchor` re-buffers them all.
         // Three such packets, as for a far copy: one packet "seen once" may be a still
         // picture's repeat whose other instance this leg's window has not seen.
-        let next = self.legs[li].next;
-        if self.other_live_anchored(li)
-            && self.legs[li]
-                .held
-                .iter()
-                .map(|h| self.behind_count(&h.pk, next))
-                .sum::<usize>()
-                >= 3
-        {
+        // A packet whose counter continues the leg's own (from its previous packet of that
+        // PID, held or placed) is a still picture's repeat rather than a replay: a replay
+        // continues it only by chance (1 in 16 per PID), and its content then shows the
+        // restart when it is placed.
+        if self.other_live_anchored(li) && self.held_behind(li) >= 3 {
             self.unanchor(li);
             return false;
         }
@@ -2202,6 +2223,58 @@ impl ContentMerger {
         self.put(now_ns, li, t, q, pk);
         self.soft_put = false;
         true
+    }
+
+    /// Packets of leg `li`'s held datagrams found only behind its cursor ([`Self::behind_count`]),
+    /// except those of a PID whose first such packet continues the leg's previous packet of
+    /// that PID (held or placed) by its continuity counter, skipping no more packets than the
+    /// leg's times say it lost.
+    fn held_behind(&self, li: usize) -> usize {
+        let l = &self.legs[li];
+        // PIDs decided so far: (pid, a repeat).
+        let mut seen: Vec<(u16, bool)> = Vec::new();
+        let mut n = 0;
+        for (j, h) in l.held.iter().enumerate() {
+            if self.behind_count(&h.pk, l.next) == 0 {
+                continue;
+            }
+            for (i, p) in h.pk.iter().enumerate() {
+                if p.null || self.behind_count(std::slice::from_ref(p), l.next) == 0 {
+                    continue;
+                }
+                let repeat = match seen.iter().find(|e| e.0 == p.pid) {
+                    Some(e) => e.1,
+                    None => {
+                        let before = h.pk[..i]
+                            .iter()
+                            .rev()
+                            .chain(l.held[..j].iter().rev().flat_map(|g| g.pk.iter().rev()))
+                            .find(|x| x.pid == p.pid && x.cc != NO_CC)
+                            .map(|x| x.cc)
+                            .or_else(|| {
+                                let e = l.last_cc[usize::from(p.pid)];
+                                (e != NONE).then_some((e & 15) as u8)
+                            });
+                        // The leg's own times bound what it lost since its last placed
+                        // packet; the counter's step may skip that many.
+                        let sent: usize = l.held[..j].iter().map(|g| g.pk.len()).sum();
+                        let lost = l.last_t.map_or(f64::INFINITY, |lt| {
+                            self.gap_est(li, lt, h.t, sent + h.pk.len()).max(0.0)
+                        });
+                        let r = p.cc != NO_CC
+                            && before.is_some_and(|c| {
+                                f64::from(p.cc.wrapping_sub(c).wrapping_sub(1) & 15) <= lost + 1.0
+                            });
+                        seen.push((p.pid, r));
+                        r
+                    }
+                };
+                if !repeat {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Whether a non-null packet of `pk` with a fingerprint seen once is in the timeline
