@@ -1761,14 +1761,18 @@ impl ContentMerger {
         // Content first.
         let mut fixed: Vec<Option<u64>> = vec![None; n];
         let mut lo = next;
+        // Where time puts datagram j: after the last one found and the ones since, with
+        // their gaps.
+        let mut at = next;
         let mut matched = 0;
         for (j, f) in fixed.iter_mut().enumerate() {
             let pk = std::mem::take(&mut self.legs[li].held[j].pk);
             let kj = pk.len() as u64;
+            let est = at + gaps[j];
+            at = est + kj;
             if pk.iter().any(|p| !p.null) {
                 self.candidates(now_ns, &pk, lo, false);
                 // Near where time puts it, or a fingerprint seen once (not a repeat).
-                let est = lo + gaps[j];
                 let tol = self.tolerance(li);
                 let cands = std::mem::take(&mut self.cands);
                 *f = cands
@@ -1781,6 +1785,7 @@ impl ContentMerger {
             }
             if let Some(p) = *f {
                 lo = p + kj;
+                at = lo;
                 matched += self.unique_at(p, &pk);
             }
             self.legs[li].held[j].pk = pk;
