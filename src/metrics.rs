@@ -41,6 +41,7 @@ pub const CHANNEL_RUNNING: &str = "hitless_channel_running";
 pub const SWITCH_GAP: &str = "hitless_switch_last_gap_seconds";
 pub const MERGE_ALIGNED: &str = "hitless_merge_aligned";
 pub const MERGE_DIVERGED: &str = "hitless_merge_diverged_total";
+pub const MERGE_PLACEMENTS: &str = "hitless_merge_placements_total";
 
 pub const CLUSTER_ROLE: &str = "hitless_cluster_role";
 pub const CLUSTER_EPOCH: &str = "hitless_cluster_epoch";
@@ -174,6 +175,10 @@ fn describe() {
     describe_counter!(
         MERGE_DIVERGED,
         "Content merge: times the legs were found not to be the same stream."
+    );
+    describe_counter!(
+        MERGE_PLACEMENTS,
+        "Content merge: datagrams placed on evidence other than a content match, by kind (time, pcr, ambiguous, conflict)."
     );
     describe_gauge!(CLUSTER_ROLE, "1 for this node's cluster role.");
     describe_gauge!(CLUSTER_EPOCH, "Highest manager epoch this node has seen.");
@@ -321,6 +326,10 @@ pub fn publish(s: &ChannelSnapshot) {
     counter!(MERGE_LATE, &l).absolute(s.merge.late);
     counter!(MERGE_RESYNCS, &l).absolute(s.merge.resyncs);
     counter!(MERGE_OVERFLOW, &l).absolute(s.merge.overflow);
+    for (by, n) in s.merge.placements.iter().flatten() {
+        let l = [("channel", ch.clone()), ("by", (*by).to_owned())];
+        counter!(MERGE_PLACEMENTS, &l).absolute(*n);
+    }
     counter!(OUTPUT_PACKETS, &l).absolute(s.output.packets);
     counter!(OUTPUT_BYTES, &l).absolute(s.output.bytes);
     counter!(OUTPUT_ERRORS, &l).absolute(s.output.errors);

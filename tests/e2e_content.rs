@@ -160,11 +160,25 @@ fn two_lossy_skewed_udp_legs_merge_to_the_original() {
     let ch = &gw.channels()[0];
     assert_eq!(ch["aligned"], true, "{ch}");
     assert!(ch["sources"][0]["recovered"].as_u64().unwrap() > 0, "{ch}");
+    // The leading leg's own losses leave gaps no content fills when it delivers the packets
+    // after them: some placements rest on time or the PCR.
+    let placed = &ch["merge"]["placements"];
+    assert!(
+        placed["time"].as_u64().unwrap() + placed["pcr"].as_u64().unwrap() > 0,
+        "{ch}"
+    );
     let (_, metrics) = gw.get("/metrics");
     assert!(
         metrics.contains("hitless_merge_aligned{channel=\"cm\"} 1"),
         "{metrics}"
     );
+    for by in ["time", "pcr", "ambiguous", "conflict"] {
+        let line = format!(
+            "hitless_merge_placements_total{{channel=\"cm\",by=\"{by}\"}} {}",
+            placed[by]
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     gw.stop();
 }
 

@@ -210,6 +210,7 @@ impl MergeChannel {
                 resyncs: ms.resyncs,
                 overflow: ms.overflow,
                 capacity_packets: self.capacity,
+                placements: None,
             },
             output,
             outputs,

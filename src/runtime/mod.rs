@@ -132,6 +132,11 @@ pub struct MergeSnapshot {
     pub resyncs: u64,
     pub overflow: u64,
     pub capacity_packets: usize,
+    /// Content merge: datagrams placed on evidence other than a content match, by kind
+    /// (`time`: after a gap its leg's arrival times measured; `pcr`: where its PCR says;
+    /// `ambiguous`: among several places content allowed; `conflict`: positions inserted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placements: Option<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

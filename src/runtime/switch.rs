@@ -663,6 +663,12 @@ impl SwitchChannel {
                 resyncs: m.reanchors,
                 overflow: m.overflow,
                 capacity_packets: super::merge_capacity(&self.cfg),
+                placements: Some(BTreeMap::from([
+                    ("time", m.time_placed),
+                    ("pcr", m.pcr_placed),
+                    ("ambiguous", m.ambiguous),
+                    ("conflict", m.conflicts),
+                ])),
             }),
             aligned: self.router.merge.as_ref().map(|m| m.aligned()),
             diverged: self.router.merge.as_ref().map(|_| self.diverged),
