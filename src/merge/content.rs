@@ -22,8 +22,9 @@
 //!    up slowly, by at most 1/16 spacing per datagram) and the packet spacing: once the leg
 //!    has placed 384+ packets, the median slope between the least-delayed datagrams of
 //!    128-packet blocks, over up to 16 blocks (`Slope`); before that, from its inter-datagram
-//!    samples (the smallest sample if another shares it exactly, else the smallest value a
-//!    quarter of them share exactly, else the mean of those within 10 % of the median; the
+//!    samples (the smallest sample if every time between its datagrams is a whole multiple
+//!    of it, else the smallest value a quarter of them share exactly, else the mean of those
+//!    within 10 % of the median; the
 //!    smallest estimate of the legs that have 8 samples), which are a few percent off under
 //!    jitter. The estimated gap is the line's position at the arrival minus the cursor
 //!    `next` minus `k`; a datagram bunched behind the previous one (arrived in less than half
@@ -380,16 +381,23 @@ pub fn fingerprint(p: &[u8]) -> u64 {
 }
 
 /// A leg's packet spacing from its recent samples (time between datagrams / packets of the
-/// later): samples right after a loss are too large by the lost packets, samples of a bunch of
-/// datagrams delivered together too small. Exact timing (no jitter): the smallest value a
-/// quarter of the samples share (within 0.1 %); otherwise the mean of the samples within 10 %
-/// of the median.
-fn densest(v: &[f64]) -> f64 {
-    // Every sample is at least the spacing when no datagram came bunched: the smallest
-    // sample, if another shares it, is a spacing with no loss on either side (under jitter two
-    // samples rarely agree within 0.1 %, and never as the smallest).
+/// later, `k` those packets): samples right after a loss are too large by the lost packets,
+/// samples of a bunch of datagrams delivered together too small. Exact timing (no jitter):
+/// the smallest sample, if every time between datagrams is a whole multiple of it, else the
+/// smallest value a quarter of the samples share (within 0.1 %); otherwise the mean of the
+/// samples within 10 % of the median.
+fn densest(v: &[f64], k: &[u16]) -> f64 {
+    // With no jitter every time between datagrams is (packets + lost) spacings: the smallest
+    // sample is the spacing if all of them are whole multiples of it (a leg losing every
+    // other small datagram early on has no two samples alike; under jitter they are not
+    // multiples).
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    if v.iter().filter(|&&x| x - min <= 0.001 * min).count() >= 2 {
+    if min > 0.0
+        && v.iter().zip(k).all(|(&x, &n)| {
+            let m = x * f64::from(n) / min;
+            (m - m.round()).abs() <= 0.001
+        })
+    {
         return min;
     }
     // The smallest value enough samples share: losses make multiples of it.
@@ -580,6 +588,8 @@ struct Leg {
     /// Packet spacing (ns, median of recent samples), samples ring, last arrival.
     spacing: f64,
     samples: [f64; SPACING_SAMPLES],
+    /// Packets of the datagram each sample ends with.
+    sample_k: [u16; SPACING_SAMPLES],
     sample_at: usize,
     last_arrival: Option<u64>,
     /// Mean error of the time estimate (packets) on datagrams placed by content.
@@ -728,6 +738,7 @@ impl ContentMerger {
                     slope: Slope::default(),
                     spacing: 0.0,
                     samples: [0.0; SPACING_SAMPLES],
+                    sample_k: [0; SPACING_SAMPLES],
                     sample_at: 0,
                     last_arrival: None,
                     jitter: 0.0,
@@ -855,9 +866,10 @@ impl ContentMerger {
             {
                 let s = (now_ns - last) as f64 / count as f64;
                 l.samples[l.sample_at % SPACING_SAMPLES] = s;
+                l.sample_k[l.sample_at % SPACING_SAMPLES] = count.min(usize::from(u16::MAX)) as u16;
                 l.sample_at += 1;
                 let k = l.sample_at.min(SPACING_SAMPLES);
-                l.spacing = densest(&l.samples[..k]);
+                l.spacing = densest(&l.samples[..k], &l.sample_k[..k]);
             }
             if count > 0 {
                 l.last_arrival = Some(now_ns);
