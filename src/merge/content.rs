@@ -24,9 +24,8 @@
 //!    128-packet blocks, over up to 16 blocks (`Slope`); before that, from its inter-datagram
 //!    samples (the smallest sample if every time between its datagrams is a whole multiple
 //!    of it, else the smallest value a quarter of them share exactly, else the mean of those
-//!    within 10 % of the median; the
-//!    smallest estimate of the legs that have 8 samples), which are a few percent off under
-//!    jitter. The estimated gap is the line's position at the arrival minus the cursor
+//!    within 10 % of the median; the smallest estimate of the legs that have 8 samples),
+//!    which are a few percent off under jitter. The estimated gap is the line's position at the arrival minus the cursor
 //!    `next` minus `k`; a datagram bunched behind the previous one (arrived in less than half
 //!    its own time) is right after it. It is rounded with a dead band of 0.75 packet, and a
 //!    leg whose last 16 datagrams had one size `K` (64 once it has changed sizes twice: a
