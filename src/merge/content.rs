@@ -25,9 +25,9 @@
 //!    samples (the smallest sample if every time between its datagrams is a whole multiple
 //!    of it, else the smallest value a quarter of them share exactly, else the mean of those
 //!    within 10 % of the median; the smallest estimate of the legs that have 8 samples),
-//!    which are a few percent off under jitter. The estimated gap is the line's position at the arrival minus the cursor
-//!    `next` minus `k`; a datagram bunched behind the previous one (arrived in less than half
-//!    its own time) is right after it. It is rounded with a dead band of 0.75 packet, and a
+//!    which are a few percent off under jitter. The estimated gap is the line's position at
+//!    the arrival minus the cursor `next` minus `k`; a datagram bunched behind the previous
+//!    one (arrived in less than half its own time) is right after it. It is rounded with a dead band of 0.75 packet, and a
 //!    leg whose last 16 datagrams had one size `K` (64 once it has changed sizes twice: a
 //!    leg of mixed sizes has runs of 16) loses whole datagrams: its gaps are
 //!    multiples of `K` (a loss counts from 0.6 datagram), so up to about half a datagram of
@@ -88,8 +88,8 @@
 //!    of its packets were lost in the gaps between). If the gaps add up to more than the
 //!    room, a stall delayed one datagram and bunched the next ones: the largest gaps give
 //!    way entirely, first one before a datagram the next came bunched behind, last those the
-//!    counters need; room left over (another leg's positions moved, or the loss hidden by the stall) goes at
-//!    the place (or, for up to 8 held datagrams, the two places) where the held datagrams
+//!    counters need; room left over (another leg's positions moved, or the loss hidden by
+//!    the stall) goes at the place (or, for up to 8 held datagrams, the two places) where the held datagrams
 //!    then coincide with the most packets already there (nulls on nulls), else before the
 //!    bounding datagram. If that contradicts the timeline, the layout is tried again from
 //!    the times alone, then with all the room unexplained (the layout where most packets
@@ -143,7 +143,8 @@
 //! copy either way) for a window while another anchored leg has is unanchored. A gap of
 //! [`JUMP_PACKETS`] or more (by time), or content found only behind the cursor (for held
 //! datagrams: three packets, not counting a PID whose continuity counter continues the leg's
-//! own within the loss its times allow, a still picture's repeat), unanchors the leg; anchoring again after having been anchored is [`ContentEvent::Reanchored`], counted.
+//! own within the loss its times allow, a still picture's repeat), unanchors the leg;
+//! anchoring again after having been anchored is [`ContentEvent::Reanchored`], counted.
 //!
 //! # Use of time (documented approximation)
 //! Content is exact; time is evidence where content is silent: the gap before a datagram

@@ -6,12 +6,14 @@
 //! PCR advances by exactly `packets × r`, with `r = 188 × 8 × 27 MHz / mux rate` ticks per
 //! packet (20 304 at 2 Mbit/s; ISO/IEC 13818-1 §2.4.2.2 and the TR 101 290 PCR accuracy
 //! bound of ±500 ns keep a compliant mux within a fraction of a packet). The ruler learns `r`
-//! from pairs of consecutive PCR packets on one leg (their positions in the timeline); it
-//! *locks* when most recent pairs agree on it within 0.1 %, which a variable-rate stream
-//! never does (the ruler then stays silent and time estimates alone place datagrams). Once
-//! locked, given a reference PCR packet at a known position (the merger keeps one per leg:
-//! its last PCR packet placed), the position of any later PCR packet follows from its PCR
-//! alone, whatever the leg lost and however late it arrived.
+//! from pairs of consecutive PCR packets on one leg: the packets the leg delivered between
+//! them, when no continuity counter skipped (a lost null datagram still slips through: such a
+//! pair is an outlier the lock ignores); it *locks* when most recent pairs agree on it within
+//! 0.1 %, which a variable-rate stream never does (the ruler then stays silent and time
+//! estimates alone place datagrams). Once locked, given a reference PCR packet at a known
+//! position (the merger keeps one per leg: its last PCR packet placed), the position of any
+//! later PCR packet follows from its PCR alone, whatever the leg lost and however late it
+//! arrived.
 //!
 //! Cost: a division per PCR packet (one packet in ~25 at the usual 20–40 ms PCR interval).
 //! Memory: a few words.
