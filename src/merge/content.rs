@@ -1090,6 +1090,15 @@ impl ContentMerger {
         true
     }
 
+    /// Whether leg `li` may take a copy of `pk` at `q`, away from its time estimate `q_est`,
+    /// once enough of its packets are seen once in the timeline: none is in a datagram the leg
+    /// holds, the leg's counters allow it, and, beyond the estimate, it skips no other data.
+    fn far_copy_allowed(&self, li: usize, q: u64, q_est: u64, pk: &[Pk]) -> bool {
+        !self.repeats_held(li, pk)
+            && self.cc_consistent(li, q, pk)
+            && (q < q_est || self.skips_nothing(li, q_est, q))
+    }
+
     /// Whether a non-null packet of `pk` is also in a datagram leg `li` holds: a leg delivers
     /// each packet once, so the two are different instances (a still picture's repeat), and
     /// the one held, which comes first, is the better claim to a copy seen once in the
@@ -1513,15 +1522,10 @@ impl ContentMerger {
         pk: &[Pk],
     ) -> (f64, u64) {
         let k = pk.len();
-        let s = self.spacing(li);
         let prev = prev_t.map(|lt| self.gap_est(li, lt, t, k));
-        let g_raw = match self.legs[li].line {
-            Some((rt, rp)) if s > 0.0 => {
-                let line =
-                    rp as f64 + (t as f64 - rt) / s - self.timed_len(li, k) as f64 - base as f64;
-                prev.map_or(line, |p| p.min(line))
-            }
-            _ => prev.unwrap_or(0.0),
+        let g_raw = match self.line_raw(li, base, t, k) {
+            Some(line) => prev.map_or(line, |p| p.min(line)),
+            None => prev.unwrap_or(0.0),
         };
         let mut gap = self.gap_round(li, g_raw);
         let fixed = self.legs[li].fixed;
@@ -1534,17 +1538,18 @@ impl ContentMerger {
         (g_raw, gap)
     }
 
-    /// The arrival line's estimate alone of the gap before a datagram of `k` packets arriving
-    /// at `t` after position `base` (rounded; 0 while the line is unknown).
-    fn line_gap(&self, li: usize, base: u64, t: u64, k: usize) -> u64 {
+    /// The arrival line's estimate of the gap before a datagram of `k` packets arriving at `t`
+    /// after position `base`, unrounded (`None` while the line or the spacing is unknown).
+    fn line_raw(&self, li: usize, base: u64, t: u64, k: usize) -> Option<f64> {
         let s = self.spacing(li);
-        match self.legs[li].line {
-            Some((rt, rp)) if s > 0.0 => self.gap_round(
-                li,
-                rp as f64 + (t as f64 - rt) / s - self.timed_len(li, k) as f64 - base as f64,
-            ),
-            _ => 0,
-        }
+        let (rt, rp) = self.legs[li].line.filter(|_| s > 0.0)?;
+        Some(rp as f64 + (t as f64 - rt) / s - self.timed_len(li, k) as f64 - base as f64)
+    }
+
+    /// The arrival line's estimate alone of that gap, rounded (0 while the line is unknown).
+    fn line_gap(&self, li: usize, base: u64, t: u64, k: usize) -> u64 {
+        self.line_raw(li, base, t, k)
+            .map_or(0, |g| self.gap_round(li, g))
     }
 
     /// Place a datagram of anchored leg `li` that arrived at `t`. Returns false if the leg
@@ -1611,10 +1616,7 @@ impl ContentMerger {
                 // Near the time estimate; or further, but with three packets seen nowhere else in
                 // the timeline (a copy, not repeated content: another leg's positions moved).
                 if q.abs_diff(q_est) <= tol
-                    || (self.unique_at(q, pk) >= 3
-                        && !self.repeats_held(li, pk)
-                        && self.cc_consistent(li, q, pk)
-                        && (q < q_est || self.skips_nothing(li, q_est, q)))
+                    || (self.unique_at(q, pk) >= 3 && self.far_copy_allowed(li, q, q_est, pk))
                 {
                     near = Some(q);
                 } else {
@@ -1630,9 +1632,7 @@ impl ContentMerger {
             && near.is_none()
             && let Some((qf, _)) = far
             && self.unique_at(qf, pk) > 0
-            && !self.repeats_held(li, pk)
-            && self.cc_consistent(li, qf, pk)
-            && (qf < q_est || self.skips_nothing(li, q_est, qf))
+            && self.far_copy_allowed(li, qf, q_est, pk)
         {
             near = Some(qf);
             far = None;

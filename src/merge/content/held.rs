@@ -8,7 +8,7 @@
 //! more through placement and then by time (`flush_held`). The module docs of
 //! [`content`](super) give the rules.
 
-use super::{BUFFERED_DATAGRAMS, ContentMerger, Dgram, Kind, NO_CC, NONE, Pk};
+use super::{BUFFERED_DATAGRAMS, ContentMerger, Dgram, Kind, LOOKUPS, NO_CC, NONE, Pk};
 use crate::ts::TsPacket;
 
 impl ContentMerger {
@@ -529,11 +529,14 @@ impl ContentMerger {
         let mut seen: Vec<(u16, bool)> = Vec::new();
         let mut n = 0;
         for (j, h) in l.held.iter().enumerate() {
-            if self.behind_count(&h.pk, l.next) == 0 {
-                continue;
-            }
-            for (i, p) in h.pk.iter().enumerate() {
-                if p.null || self.behind_count(std::slice::from_ref(p), l.next) == 0 {
+            // As `behind_count`: the first LOOKUPS non-null packets of each datagram.
+            let looked =
+                h.pk.iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.null)
+                    .take(LOOKUPS);
+            for (i, p) in looked {
+                if self.behind_count(std::slice::from_ref(p), l.next) == 0 {
                     continue;
                 }
                 let repeat = match seen.iter().find(|e| e.0 == p.pid) {
